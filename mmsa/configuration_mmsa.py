@@ -1,0 +1,142 @@
+"""Configuration for MMSA: multimodal (image + text) sentiment analysis models."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig, TimmWrapperConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+FUSION_STRATEGIES = (
+    "naive_cat",
+    "naive_combine",
+    "cmac",
+    "hstec",
+    "ote",
+    "text_only",
+    "image_only",
+    "mm_transformer",
+)
+"""Every value accepted by `MmsaConfig.fusion`."""
+
+TEXT_FUSIONS = tuple(f for f in FUSION_STRATEGIES if f != "image_only")
+"""Fusion strategies that build (and need) the text tower."""
+
+VISION_FUSIONS = tuple(f for f in FUSION_STRATEGIES if f != "text_only")
+"""Fusion strategies that build (and need) the vision tower."""
+
+TOKEN_FUSIONS = ("cmac", "hstec", "mm_transformer")
+"""Fusion strategies that consume token sequences (text token states and image feature-map tokens)."""
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+
+
+@strict
+class MmsaConfig(PreTrainedConfig):
+    r"""
+    Configuration of an MMSA model: a text tower (any `AutoModel`, BERT-family by default), a timm image tower
+    (through `TimmWrapperModel`, ResNet-50 by default) and a fusion head.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the text tower. A dict needs a `model_type`; defaults to a `BertConfig` shaped like
+            `bert-base-uncased`.
+        vision_config (`dict` or `TimmWrapperConfig`, *optional*):
+            Configuration of the image tower; defaults to `TimmWrapperConfig(architecture="resnet50")`. Its
+            `pretrained_cfg` (input size, mean, std, crop, interpolation) drives the processor's image transforms.
+        fusion (`str`, *optional*, defaults to `"ote"`):
+            How text and image features are fused, one of `FUSION_STRATEGIES`: the paper's `naive_cat`,
+            `naive_combine`, `cmac`, `hstec`, `ote`, its unimodal baselines `text_only` and `image_only`, and
+            `mm_transformer`. See `modeling_mmsa` for what each one computes.
+        fusion_hidden_size (`int`, *optional*, defaults to 64):
+            Width `d` that text and image features are projected to before fusion.
+        fusion_num_heads (`int`, *optional*, defaults to 8):
+            Attention heads in every fusion attention / transformer layer.
+        fusion_num_layers (`int`, *optional*, defaults to 1):
+            Transformer layers in `hstec`, `ote` and `mm_transformer`.
+        fusion_intermediate_ratio (`int`, *optional*, defaults to 4):
+            Feed-forward width of the fusion transformer layers, as a multiple of their model width.
+        projection_dropout (`float`, *optional*, defaults to 0.2):
+            Dropout applied to the tower features before the projections to `fusion_hidden_size`.
+        attention_dropout (`float`, *optional*, defaults to 0.4):
+            Dropout inside the fusion attention / transformer layers.
+        classifier_dropout (`float`, *optional*, defaults to 0.5):
+            Dropout before each linear layer of the classification heads.
+        classifier_hidden_size (`int`, *optional*, defaults to 128):
+            Hidden width of the two-layer classification heads.
+        class_weights (`list[float]`, *optional*):
+            Per-class weights of the cross-entropy loss, one per label; `None` weighs classes equally.
+        freeze_text_backbone (`bool`, *optional*, defaults to `False`):
+            Keep the text tower's weights fixed (no gradients, dropout off).
+        freeze_vision_backbone (`bool`, *optional*, defaults to `False`):
+            Keep the image tower's weights fixed (no gradients, BatchNorm statistics frozen in eval mode).
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of the new fusion layers.
+        num_labels / id2label / label2id:
+            Standard classification fields; default to the three MVSA classes `negative`, `neutral`, `positive`.
+
+    Example:
+
+    ```python
+    >>> from mmsa import MmsaConfig, MmsaForSequenceClassification
+    >>> config = MmsaConfig(fusion="mm_transformer")
+    >>> model = MmsaForSequenceClassification(config)  # random towers; see `from_text_vision_pretrained`
+    ```
+    """
+
+    model_type = "mmsa"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "vision_config": TimmWrapperConfig,
+    }
+
+    text_config: PreTrainedConfig | dict | None = None
+    vision_config: PreTrainedConfig | dict | None = None
+    fusion: str = "ote"
+    fusion_hidden_size: int = 64
+    fusion_num_heads: int = 8
+    fusion_num_layers: int = 1
+    fusion_intermediate_ratio: int = 4
+    projection_dropout: float = 0.2
+    attention_dropout: float = 0.4
+    classifier_dropout: float = 0.5
+    classifier_hidden_size: int = 128
+    class_weights: list[float] | None = None
+    freeze_text_backbone: bool = False
+    freeze_vision_backbone: bool = False
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and kwargs.get("num_labels") in (None, len(SENTIMENT_LABELS)):
+            kwargs.pop("num_labels", None)
+            self.id2label = dict(enumerate(SENTIMENT_LABELS))
+            if self.label2id is None:
+                self.label2id = {label: i for i, label in enumerate(SENTIMENT_LABELS)}
+        super().__post_init__(**kwargs)
+        if self.fusion not in FUSION_STRATEGIES:
+            raise ValueError(f"`fusion` must be one of {FUSION_STRATEGIES}, got {self.fusion!r}.")
+        for name in ("fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "classifier_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.fusion_hidden_size % self.fusion_num_heads:
+            raise ValueError(
+                f"`fusion_hidden_size` ({self.fusion_hidden_size}) must be divisible by `fusion_num_heads` "
+                f"({self.fusion_num_heads})."
+            )
+        if self.class_weights is not None and len(self.class_weights) != self.num_labels:
+            raise ValueError(
+                f"`class_weights` has {len(self.class_weights)} entries but the model has {self.num_labels} labels."
+            )
+
+    @property
+    def uses_text(self) -> bool:
+        return self.fusion in TEXT_FUSIONS
+
+    @property
+    def uses_vision(self) -> bool:
+        return self.fusion in VISION_FUSIONS
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.fusion in TOKEN_FUSIONS
+
+
+__all__ = ["FUSION_STRATEGIES", "MmsaConfig"]

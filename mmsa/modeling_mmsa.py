@@ -1,0 +1,504 @@
+"""MMSA: a text tower and a timm image tower joined by a fusion head, for multimodal sentiment analysis.
+
+The fusion strategies follow "Multimodal Sentiment Analysis Based on BERT and ResNet" (arXiv 2412.03625) and the code
+published with it, with these differences from that code:
+
+- attention over text tokens uses a padding mask (`key_padding_mask`); the original attended to padding;
+- means over text tokens skip padding; the original averaged padding in;
+- two-head strategies (`naive_combine`, `cmac`, `hstec`) combine their heads as the mean of log-probabilities, and
+  the loss is cross-entropy on those logits; the original applied cross-entropy to already-softmaxed probabilities;
+- image tokens are projected per position (a 1x1 convolution, written as a `Linear` over channels), so any input
+  size works; the original baked the 7x7 feature-map size of 224 px inputs into its layer shapes;
+- the text tower's pooled output falls back to a masked mean of its token states when the tower has no pooler.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
+from transformers.utils import logging
+
+from .configuration_mmsa import MmsaConfig
+
+
+logger = logging.get_logger(__name__)
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_mmsa.MmsaConfig",
+    "AutoModel": "modeling_mmsa.MmsaModel",
+    "AutoModelForSequenceClassification": "modeling_mmsa.MmsaForSequenceClassification",
+}
+
+
+@dataclass
+class MmsaModelOutput(ModelOutput):
+    r"""
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, embed_dim)`):
+        The fused multimodal embedding: the concatenation of `branch_embeds`.
+    branch_embeds (`tuple(torch.FloatTensor)`):
+        The inputs of the classification heads, one per head (two for `naive_combine`, `cmac` and `hstec`).
+    text_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`, *optional*):
+        The projected pooled text feature (`None` for `image_only`).
+    image_embeds (`torch.FloatTensor` of shape `(batch_size, fusion_hidden_size)`, *optional*):
+        The projected pooled image feature (`None` for `text_only`).
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        Attention weights of the fusion attention layers, averaged over heads, each `(batch, queries, keys)`.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    branch_embeds: tuple[torch.FloatTensor, ...] | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 1 of `tokens` (B, L, D), counting only positions where `mask` (B, L) is nonzero."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    mask = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class MmsaProjection(nn.Module):
+    """Dropout -> Linear -> ReLU: maps tower features (pooled or per token) to the fusion width."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(in_features, out_features)
+        self.activation = nn.ReLU()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(self.dropout(features)))
+
+
+class MmsaClassificationHead(nn.Module):
+    """The paper's head C(in): Dropout -> Linear(in, hidden) -> ReLU -> Dropout -> Linear(hidden, num_labels)."""
+
+    def __init__(self, in_features: int, config: MmsaConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.dense = nn.Linear(in_features, config.classifier_hidden_size)
+        self.activation = nn.ReLU()
+        self.out_proj = nn.Linear(config.classifier_hidden_size, config.num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.activation(self.dense(self.dropout(features)))
+        return self.out_proj(self.dropout(hidden))
+
+
+class MmsaEncoderLayer(nn.TransformerEncoderLayer):
+    """A batch-first transformer encoder layer that can also return its (head-averaged) attention weights."""
+
+    def __init__(self, d_model: int, config: MmsaConfig, norm_first: bool = False, activation: str = "relu"):
+        super().__init__(
+            d_model=d_model,
+            nhead=config.fusion_num_heads,
+            dim_feedforward=d_model * config.fusion_intermediate_ratio,
+            dropout=config.attention_dropout,
+            activation=activation,
+            batch_first=True,
+            norm_first=norm_first,
+        )
+
+    def forward_with_attention(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None):
+        """Same computation as `forward`, returning `(hidden, attention_weights)`."""
+        x = hidden
+        attend = self.norm1(x) if self.norm_first else x
+        attended, weights = self.self_attn(
+            attend, attend, attend, key_padding_mask=padding_mask, need_weights=True, average_attn_weights=True
+        )
+        x = x + self.dropout1(attended)
+        if not self.norm_first:
+            x = self.norm1(x)
+        feed = self.norm2(x) if self.norm_first else x
+        x = x + self._ff_block(feed)
+        if not self.norm_first:
+            x = self.norm2(x)
+        return x, weights
+
+
+def run_encoder_layers(layers, hidden, padding_mask, output_attentions):
+    """Runs `MmsaEncoderLayer`s; `padding_mask` is True at positions to ignore."""
+    attentions = []
+    for layer in layers:
+        if output_attentions:
+            hidden, weights = layer.forward_with_attention(hidden, padding_mask)
+            attentions.append(weights)
+        else:
+            hidden = layer(hidden, src_key_padding_mask=padding_mask)
+    return hidden, tuple(attentions)
+
+
+class MmsaPreTrainedModel(PreTrainedModel):
+    config: MmsaConfig
+    config_class = MmsaConfig
+    base_model_prefix = "mmsa"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MmsaEncoderLayer"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Saved folders load with every Auto class, whichever head class was saved.
+        if self._auto_class is not None:
+            self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        """Initialises the fusion layers only: the towers are `PreTrainedModel`s that initialise themselves (and are
+        skipped entirely when their weights were loaded)."""
+        std = self.config.initializer_range
+        if isinstance(module, MmsaModel):
+            if module.fusion_token is not None:
+                nn.init.normal_(module.fusion_token, std=std)
+        if isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class MmsaModel(MmsaPreTrainedModel):
+    """Text tower + image tower + fusion layers; returns the fused multimodal embedding (no classification head)."""
+
+    def __init__(
+        self,
+        config: MmsaConfig,
+        text_model: PreTrainedModel | None = None,
+        vision_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        d = config.fusion_hidden_size
+        self.text_model = self.text_projection = None
+        self.vision_model = self.image_projection = self.image_token_projection = None
+        if config.uses_text:
+            self.text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
+            self.text_model.config = config.text_config
+            self.text_projection = MmsaProjection(config.text_config.hidden_size, d, config.projection_dropout)
+        if config.uses_vision:
+            self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+            self.vision_model.config = config.vision_config
+            num_features = self.vision_model.timm_model.num_features
+            self.image_projection = MmsaProjection(num_features, d, config.projection_dropout)
+            if config.uses_tokens:
+                # A 1x1 convolution over the feature map, applied per position: any input size works.
+                self.image_token_projection = MmsaProjection(num_features, d, config.projection_dropout)
+
+        self.cross_attention_text = self.cross_attention_image = None
+        self.fusion_layers = None
+        self.fusion_token = self.modality_embeddings = self.fusion_norm = None
+        if config.fusion == "cmac":
+            self.cross_attention_text = nn.MultiheadAttention(
+                d, config.fusion_num_heads, dropout=config.attention_dropout, batch_first=True
+            )
+            self.cross_attention_image = nn.MultiheadAttention(
+                d, config.fusion_num_heads, dropout=config.attention_dropout, batch_first=True
+            )
+        elif config.fusion in ("hstec", "ote"):
+            width = d if config.fusion == "hstec" else 2 * d
+            self.fusion_layers = nn.ModuleList(MmsaEncoderLayer(width, config) for _ in range(config.fusion_num_layers))
+        elif config.fusion == "mm_transformer":
+            self.fusion_token = nn.Parameter(torch.zeros(1, 1, d))
+            # 0: fusion token, 1: text (pooled and tokens), 2: image (pooled and tokens)
+            self.modality_embeddings = nn.Embedding(3, d)
+            self.fusion_layers = nn.ModuleList(
+                MmsaEncoderLayer(d, config, norm_first=True, activation="gelu") for _ in range(config.fusion_num_layers)
+            )
+            self.fusion_norm = nn.LayerNorm(d)
+        self.post_init()
+        self._apply_freezing()
+
+    # --- towers -----------------------------------------------------------------------------------------------
+
+    def _apply_freezing(self):
+        for tower, frozen in (
+            (self.text_model, self.config.freeze_text_backbone),
+            (self.vision_model, self.config.freeze_vision_backbone),
+        ):
+            if tower is not None and frozen:
+                tower.requires_grad_(False)
+                tower.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Frozen towers stay in eval mode: no dropout, and BatchNorm keeps its pretrained statistics.
+        if self.text_model is not None and self.config.freeze_text_backbone:
+            self.text_model.eval()
+        if self.vision_model is not None and self.config.freeze_vision_backbone:
+            self.vision_model.eval()
+        return self
+
+    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Returns the text tower's `(pooled (B, H), token states (B, L, H))`."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_backbone):
+            outputs = self.text_model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
+            )
+        tokens = outputs.last_hidden_state
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is None:
+            pooled = masked_mean(tokens, attention_mask)
+        return pooled, tokens
+
+    def encode_image(self, pixel_values):
+        """Returns the image tower's `(pooled (B, C), tokens (B, h*w, C))`: its pooled feature and last feature map
+        flattened to one token per position."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_backbone):
+            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
+        feature_map = outputs.last_hidden_state
+        tokens = feature_map.flatten(2).transpose(1, 2) if feature_map.ndim == 4 else feature_map
+        return outputs.pooler_output, tokens
+
+    # --- fusion -----------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_tokens: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MmsaModelOutput | tuple:
+        r"""
+        input_ids / attention_mask / token_type_ids: the tokenizer's outputs (required unless `fusion="image_only"`).
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            The processor's images, any size (required unless `fusion="text_only"` or image features are given).
+        image_features / image_tokens (*optional*):
+            Precomputed outputs of `encode_image` (pooled `(B, C)` and tokens `(B, N, C)`), used instead of
+            `pixel_values`: a frozen image tower's features can be computed once and cached.
+        output_attentions (`bool`, *optional*): return the fusion layers' attention weights.
+        """
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        text = text_tokens = text_mask = image = img_tokens = None
+
+        if config.uses_text:
+            if input_ids is None:
+                raise ValueError(f"fusion={config.fusion!r} needs `input_ids`.")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            pooled, states = self.encode_text(input_ids, attention_mask, token_type_ids)
+            text = self.text_projection(pooled)
+            text_mask = attention_mask.bool()
+            if config.uses_tokens:
+                text_tokens = self.text_projection(states)
+        if config.uses_vision:
+            if image_features is None:
+                if pixel_values is None:
+                    raise ValueError(f"fusion={config.fusion!r} needs `pixel_values` (or precomputed image features).")
+                image_features, image_tokens = self.encode_image(pixel_values)
+            image = self.image_projection(image_features)
+            if config.uses_tokens:
+                if image_tokens is None:
+                    raise ValueError(f"fusion={config.fusion!r} needs `image_tokens` along with `image_features`.")
+                img_tokens = self.image_token_projection(image_tokens)
+
+        attentions = ()
+        fusion = config.fusion
+        if fusion == "text_only":
+            branches = (text,)
+        elif fusion == "image_only":
+            branches = (image,)
+        elif fusion == "naive_cat":
+            branches = (torch.cat([text, image], dim=-1),)
+        elif fusion == "naive_combine":
+            branches = (text, image)
+        elif fusion == "cmac":
+            # Text tokens attend to image tokens, image tokens attend to (unpadded) text tokens.
+            text_attended, text_weights = self.cross_attention_text(
+                text_tokens, img_tokens, img_tokens, need_weights=output_attentions
+            )
+            image_attended, image_weights = self.cross_attention_image(
+                img_tokens, text_tokens, text_tokens, key_padding_mask=~text_mask, need_weights=output_attentions
+            )
+            branches = (
+                torch.cat([text, masked_mean(text_attended, text_mask)], dim=-1),
+                torch.cat([image, image_attended.mean(dim=1)], dim=-1),
+            )
+            if output_attentions:
+                attentions = (text_weights, image_weights)
+        elif fusion == "hstec":
+            sequence = torch.cat([text_tokens, img_tokens], dim=1)
+            image_mask = torch.ones(img_tokens.shape[:2], dtype=torch.bool, device=img_tokens.device)
+            mask = torch.cat([text_mask, image_mask], dim=1)
+            hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, ~mask, output_attentions)
+            length = text_tokens.shape[1]
+            branches = (
+                torch.cat([text, masked_mean(hidden[:, :length], text_mask)], dim=-1),
+                torch.cat([image, hidden[:, length:].mean(dim=1)], dim=-1),
+            )
+        elif fusion == "ote":
+            # As in the paper: the pooled [text; image] vector as a sequence of one, through the encoder layer(s).
+            sequence = torch.cat([text, image], dim=-1).unsqueeze(1)
+            hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, None, output_attentions)
+            branches = (hidden[:, 0],)
+        else:  # mm_transformer
+            batch = text.shape[0]
+            type_ids = torch.tensor([0, 1, 2], device=text.device)
+            fusion_type, text_type, image_type = self.modality_embeddings(type_ids).unbind(0)
+            sequence = torch.cat(
+                [
+                    self.fusion_token.expand(batch, -1, -1) + fusion_type,
+                    text.unsqueeze(1) + text_type,
+                    image.unsqueeze(1) + image_type,
+                    text_tokens + text_type,
+                    img_tokens + image_type,
+                ],
+                dim=1,
+            )
+            keep = torch.ones(batch, 3, dtype=torch.bool, device=text.device)
+            image_mask = torch.ones(img_tokens.shape[:2], dtype=torch.bool, device=img_tokens.device)
+            mask = torch.cat([keep, text_mask, image_mask], dim=1)
+            hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, ~mask, output_attentions)
+            # The head sees the fusion token beside the pooled unimodal features it was built from.
+            branches = (torch.cat([self.fusion_norm(hidden[:, 0]), text, image], dim=-1),)
+
+        output = MmsaModelOutput(
+            pooler_output=torch.cat(branches, dim=-1),
+            branch_embeds=branches,
+            text_embeds=text,
+            image_embeds=image,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @property
+    def branch_sizes(self) -> tuple[int, ...]:
+        """Widths of `branch_embeds`, one per classification head."""
+        d = self.config.fusion_hidden_size
+        return {
+            "text_only": (d,),
+            "image_only": (d,),
+            "naive_cat": (2 * d,),
+            "naive_combine": (d, d),
+            "cmac": (2 * d, 2 * d),
+            "hstec": (2 * d, 2 * d),
+            "ote": (2 * d,),
+            "mm_transformer": (3 * d,),
+        }[self.config.fusion]
+
+    @classmethod
+    def from_text_vision_pretrained(
+        cls,
+        text_model_name_or_path: str | None = None,
+        vision_model_name_or_path: str | None = None,
+        **config_kwargs,
+    ):
+        """Builds a model whose towers are loaded from two checkpoints (Hub ids or local folders) and whose fusion
+        layers are new. `config_kwargs` go to `MmsaConfig` (e.g. `fusion="cmac"`).
+
+        The vision checkpoint is a timm model in `TimmWrapper` format (e.g. `timm/resnet50.a1_in1k`); a tower the
+        chosen fusion does not use is not loaded and its path may be `None`.
+        """
+        probe = MmsaConfig(fusion=config_kwargs.get("fusion", MmsaConfig.fusion))
+        text_model = vision_model = None
+        if probe.uses_text:
+            if text_model_name_or_path is None:
+                raise ValueError(f"fusion={probe.fusion!r} needs `text_model_name_or_path`.")
+            text_model = AutoModel.from_pretrained(text_model_name_or_path)
+            config_kwargs["text_config"] = text_model.config
+        if probe.uses_vision:
+            if vision_model_name_or_path is None:
+                raise ValueError(f"fusion={probe.fusion!r} needs `vision_model_name_or_path`.")
+            vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+            if vision_config.model_type != "timm_wrapper":
+                raise ValueError(
+                    f"{vision_model_name_or_path} is a {vision_config.model_type!r} checkpoint; the image tower must be a "
+                    "timm model in TimmWrapper format (config.json with `architecture`), e.g. `timm/resnet50.a1_in1k`."
+                )
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+            config_kwargs["vision_config"] = vision_model.config
+        config = MmsaConfig(**config_kwargs)
+        model = cls(config, text_model=text_model, vision_model=vision_model)
+        logger.info("Towers loaded from %s and %s; the fusion layers are newly initialised.", text_model_name_or_path,
+                    vision_model_name_or_path)
+        return model
+
+
+class MmsaForSequenceClassification(MmsaPreTrainedModel):
+    """`MmsaModel` with the fusion strategy's classification head(s) on top."""
+
+    def __init__(
+        self,
+        config: MmsaConfig,
+        text_model: PreTrainedModel | None = None,
+        vision_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.mmsa = MmsaModel(config, text_model=text_model, vision_model=vision_model)
+        self.classifiers = nn.ModuleList(MmsaClassificationHead(size, config) for size in self.mmsa.branch_sizes)
+        self.post_init()
+
+    @classmethod
+    def from_text_vision_pretrained(cls, text_model_name_or_path=None, vision_model_name_or_path=None, **config_kwargs):
+        """See `MmsaModel.from_text_vision_pretrained`; adds new classification heads."""
+        base = MmsaModel.from_text_vision_pretrained(
+            text_model_name_or_path, vision_model_name_or_path, **config_kwargs
+        )
+        return cls(base.config, text_model=base.text_model, vision_model=base.vision_model)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_tokens: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, num_labels)`; when given, the (optionally class-weighted) cross-entropy is returned.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.mmsa(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            image_tokens=image_tokens,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        head_logits = [head(branch) for head, branch in zip(self.classifiers, outputs.branch_embeds)]
+        if len(head_logits) == 1:
+            logits = head_logits[0]
+        else:
+            # Combine heads as the mean of their log-probabilities (a product of experts, renormalised by softmax).
+            logits = torch.stack([torch.log_softmax(h, dim=-1) for h in head_logits]).mean(dim=0)
+
+        loss = None
+        if labels is not None:
+            weight = None
+            if self.config.class_weights is not None:
+                weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
+            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weight)
+
+        if not return_dict:
+            output = (logits, outputs.attentions) if outputs.attentions is not None else (logits,)
+            return ((loss,) + output) if loss is not None else output
+        return SequenceClassifierOutput(loss=loss, logits=logits, attentions=outputs.attentions)
+
+
+__all__ = ["MmsaPreTrainedModel", "MmsaModel", "MmsaForSequenceClassification", "MmsaModelOutput"]
