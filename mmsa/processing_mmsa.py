@@ -71,6 +71,8 @@ class MmsaImageProcessor(BaseImageProcessor):
         self.pretrained_cfg = dict(pretrained_cfg)
         self.architecture = architecture
         data_config = timm.data.resolve_data_config(pretrained_cfg=self.pretrained_cfg, verbose=False)
+        # JSON turns tuples into lists; timm's own configs use tuples.
+        data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
         self._eval_transform = timm.data.create_transform(**data_config, is_training=False)
         self._train_transform = timm.data.create_transform(**data_config, is_training=True)
         self._data_config = data_config
@@ -126,9 +128,10 @@ class MmsaProcessor(ProcessorMixin):
     def from_model_config(cls, config, tokenizer, max_length: int = 128):
         """Builds the processor for an `MmsaConfig` (its vision tower's pretrained config) and a tokenizer."""
         vision_config = config.vision_config
-        pretrained_cfg = getattr(vision_config, "pretrained_cfg", None)
-        if pretrained_cfg is None:
-            pretrained_cfg = timm.models.get_pretrained_cfg(vision_config.architecture).to_dict()
+        # The architecture's default timm pretrained_cfg, overridden by what the tower's config carries.
+        default = timm.models.get_pretrained_cfg(vision_config.architecture)
+        pretrained_cfg = default.to_dict() if default is not None else {}
+        pretrained_cfg.update(getattr(vision_config, "pretrained_cfg", None) or {})
         image_processor = MmsaImageProcessor(pretrained_cfg=pretrained_cfg, architecture=vision_config.architecture)
         return cls(image_processor=image_processor, tokenizer=tokenizer, max_length=max_length)
 

@@ -1,0 +1,193 @@
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+from mmsa import FUSION_STRATEGIES, MmsaConfig, MmsaForSequenceClassification, MmsaModel
+from mmsa.testing_utils import tiny_config, tiny_model_and_processor
+
+
+def padded_batch(processor, size):
+    images = [Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("RGB", (40, 90), (20, 30, 200))]
+    batch = processor(text=["i love this so much great day", "sad"], images=images)
+    batch["pixel_values"] = torch.nn.functional.interpolate(batch["pixel_values"], size=(size, size))
+    return batch
+
+
+@pytest.mark.parametrize("fusion", FUSION_STRATEGIES)
+@pytest.mark.parametrize("image_size", [64, 96])
+def test_forward_backward_loss(fusion, image_size):
+    model, processor = tiny_model_and_processor(fusion)
+    batch = padded_batch(processor, image_size)
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()  # really padded
+    out = model(**batch, labels=torch.tensor([2, 0]))
+    assert out.logits.shape == (2, 3)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    fusion_grads = [p.grad for n, p in model.named_parameters() if "classifiers" in n]
+    assert fusion_grads and all(g is not None and torch.isfinite(g).all() for g in fusion_grads)
+    # Every parameter that exists takes part in the loss (DDP needs no find_unused_parameters).
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+@pytest.mark.parametrize("fusion", ["cmac", "hstec", "mm_transformer", "text_only"])
+def test_padding_does_not_change_predictions(fusion):
+    model, processor = tiny_model_and_processor(fusion)
+    model.eval()
+    image = Image.new("RGB", (64, 64), (10, 120, 40))
+    short = processor(text=["sad day"], images=[image])
+    long = processor(text=["sad day", "i love this so much great day the photo"], images=[image, image])
+    with torch.no_grad():
+        alone = model(**short).logits[0]
+        padded = model(**long).logits[0]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_unimodal_fusions_build_one_tower_and_need_one_input():
+    text_model, processor = tiny_model_and_processor("text_only")
+    assert text_model.mmsa.vision_model is None
+    batch = processor(text=["good"])
+    assert text_model(**batch).logits.shape == (1, 3)
+
+    image_model, _ = tiny_model_and_processor("image_only")
+    assert image_model.mmsa.text_model is None
+    pixels = processor(images=[Image.new("L", (30, 30))])
+    assert image_model(**pixels).logits.shape == (1, 3)
+    with pytest.raises(ValueError, match="pixel_values"):
+        image_model(input_ids=batch["input_ids"])
+
+
+@pytest.mark.parametrize("fusion", FUSION_STRATEGIES)
+def test_save_load_round_trip_is_exact(tmp_path, fusion):
+    model, processor = tiny_model_and_processor(fusion)
+    model.eval()
+    batch = padded_batch(processor, 64)
+    model.save_pretrained(tmp_path)
+    reloaded, info = MmsaForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert all(not keys for keys in (info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"]))
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[key]), key
+
+
+def test_auto_classes(tmp_path):
+    model, _ = tiny_model_and_processor("naive_cat")
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MmsaConfig)
+    assert type(AutoModel.from_pretrained(tmp_path)) is MmsaModel
+    assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path)) is MmsaForSequenceClassification
+
+
+def test_config_round_trip_and_validation():
+    config = tiny_config("hstec", class_weights=[1.0, 3.0, 0.5], freeze_vision_backbone=True)
+    as_dict = config.to_dict()
+    again = MmsaConfig.from_dict(as_dict)
+    assert again.to_dict() == as_dict
+    assert again.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert again.vision_config.architecture == "resnet10t"
+    with pytest.raises(ValueError, match="fusion"):
+        MmsaConfig(fusion="late")
+    with pytest.raises(ValueError, match="class_weights"):
+        MmsaConfig(class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="divisible"):
+        MmsaConfig(fusion_hidden_size=30, fusion_num_heads=8)
+
+
+def test_class_weights_change_the_loss():
+    model, processor = tiny_model_and_processor("naive_cat")
+    model.eval()
+    with torch.no_grad():
+        model.classifiers[0].out_proj.bias.copy_(torch.tensor([2.0, -1.0, 0.5]))  # clearly non-uniform logits
+    batch = padded_batch(processor, 64)
+    labels = torch.tensor([1, 1])
+    with torch.no_grad():
+        plain = model(**batch, labels=labels)
+        model.config.class_weights = [1.0, 5.0, 1.0]
+        weighted = model(**batch, labels=labels)
+    # Both rows have the same class, so a weighted mean equals the plain mean; a mixed batch shows the difference.
+    torch.testing.assert_close(plain.loss, weighted.loss)
+    mixed = torch.tensor([1, 2])
+    with torch.no_grad():
+        logits = weighted.logits
+        expected = torch.nn.functional.cross_entropy(logits, mixed, weight=torch.tensor([1.0, 5.0, 1.0]))
+        assert torch.allclose(model(**batch, labels=mixed).loss, expected)
+        assert not torch.allclose(expected, torch.nn.functional.cross_entropy(logits, mixed))
+
+
+@pytest.mark.parametrize("which", ["text", "vision"])
+def test_frozen_towers_get_no_gradient_and_keep_eval_mode(which):
+    model, processor = tiny_model_and_processor("mm_transformer", **{f"freeze_{which}_backbone": True})
+    tower = model.mmsa.text_model if which == "text" else model.mmsa.vision_model
+    other = model.mmsa.vision_model if which == "text" else model.mmsa.text_model
+    model.train()
+    assert not tower.training and other.training
+    before = {n: t.clone() for n, t in tower.state_dict().items()}
+    out = model(**padded_batch(processor, 64), labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in tower.parameters())
+    assert any(p.grad is not None for p in other.parameters())
+    # BatchNorm running statistics did not move in a training-mode forward.
+    assert all(torch.equal(before[n], t) for n, t in tower.state_dict().items())
+
+
+def test_output_attentions_and_base_model_output():
+    model, processor = tiny_model_and_processor("mm_transformer", fusion_num_layers=2)
+    batch = padded_batch(processor, 64)
+    out = model.mmsa(**batch, output_attentions=True)
+    assert len(out.attentions) == 2
+    sequence = 3 + batch["input_ids"].shape[1] + 4  # fusion + pooled text + pooled image + tokens + 2x2 feature map
+    assert out.attentions[0].shape == (2, sequence, sequence)
+    assert out.pooler_output.shape == (2, 3 * 16)
+    # Attention to padded text positions is zero.
+    pad = ~batch["attention_mask"][1].bool()
+    assert torch.all(out.attentions[0][1, :, 3:3 + pad.numel()][:, pad] == 0)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    model, processor = tiny_model_and_processor("hstec", projection_dropout=0.0, attention_dropout=0.0,
+                                                classifier_dropout=0.0)
+    model.eval()  # deterministic (no dropout) while still computing gradients
+    model.config.text_config.hidden_dropout_prob = 0.0
+    batch = padded_batch(processor, 64)
+    labels = torch.tensor([0, 2])
+    model(**batch, labels=labels).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.mmsa.text_model.is_activation_checkpointing
+    model.train()
+    model.mmsa.text_model.eval()
+    model.mmsa.vision_model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model(**batch, labels=labels).loss.backward()
+    for name, grad in reference.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+
+
+def test_pretrained_towers_arrive_bit_identical(tmp_path):
+    source, _ = tiny_model_and_processor("cmac", seed=3)
+    source.mmsa.text_model.save_pretrained(tmp_path / "text")
+    source.mmsa.vision_model.save_pretrained(tmp_path / "vision")
+    model = MmsaForSequenceClassification.from_text_vision_pretrained(
+        str(tmp_path / "text"), str(tmp_path / "vision"), fusion="cmac", fusion_hidden_size=16, fusion_num_heads=4
+    )
+    for tower, folder in (("text_model", "text"), ("vision_model", "vision")):
+        saved = load_file(tmp_path / folder / "model.safetensors")
+        loaded = getattr(model.mmsa, tower).state_dict()
+        assert saved and all(torch.equal(tensor, loaded[key]) for key, tensor in saved.items())
+    assert model.config.fusion == "cmac" and model.config.text_config.hidden_size == 32
+    # Fusion layers are fresh, not copies of the source model's.
+    assert not torch.equal(model.classifiers[0].dense.weight, source.classifiers[0].dense.weight)
+
+
+def test_from_text_vision_pretrained_rejects_non_timm_vision(tmp_path):
+    source, _ = tiny_model_and_processor("naive_cat")
+    source.mmsa.text_model.save_pretrained(tmp_path / "text")
+    with pytest.raises(ValueError, match="timm"):
+        MmsaForSequenceClassification.from_text_vision_pretrained(str(tmp_path / "text"), str(tmp_path / "text"))

@@ -1,0 +1,101 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+
+from mmsa import MmsaImageProcessor, MmsaProcessor, load_rgb_image
+from mmsa.testing_utils import tiny_config, tiny_model_and_processor, tiny_tokenizer
+
+
+def odd_mode_images():
+    rgb = Image.new("RGB", (40, 30), (250, 10, 10))
+    return {
+        "L": Image.new("L", (40, 30), 128),
+        "LA": Image.new("LA", (40, 30), (128, 0)),
+        "P": rgb.convert("P"),
+        "RGBA": Image.new("RGBA", (40, 30), (250, 10, 10, 0)),
+        "CMYK": rgb.convert("CMYK"),
+        "I;16": Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 50),
+        "1": Image.new("1", (40, 30), 1),
+    }
+
+
+@pytest.mark.parametrize("mode", list(odd_mode_images()))
+def test_any_image_mode_becomes_rgb(mode):
+    image = odd_mode_images()[mode]
+    assert image.mode == mode
+    rgb = load_rgb_image(image)
+    assert rgb.mode == "RGB" and rgb.size == image.size
+    _, processor = tiny_model_and_processor()
+    pixels = processor(images=image)["pixel_values"]
+    assert pixels.shape == (1, 3, 64, 64) and torch.isfinite(pixels).all()
+
+
+def test_transparent_and_16_bit_images_keep_their_content():
+    # Fully transparent pixels show the white background, not the hidden colour.
+    assert load_rgb_image(Image.new("RGBA", (4, 4), (250, 10, 10, 0))).getpixel((0, 0)) == (255, 255, 255)
+    ramp = load_rgb_image(Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)))
+    assert ramp.getpixel((0, 0)) == (0, 0, 0) and ramp.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_file_paths_and_bytes_are_accepted(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("P", (20, 20)).save(path)
+    _, processor = tiny_model_and_processor()
+    from_path = processor(images=str(path))["pixel_values"]
+    from_pil = processor(images=Image.open(path))["pixel_values"]
+    from_bytes = processor(images={"bytes": path.read_bytes(), "path": None})["pixel_values"]
+    assert torch.equal(from_path, from_pil) and torch.equal(from_path, from_bytes)
+    with pytest.raises(TypeError, match="PIL image"):
+        load_rgb_image(12)
+
+
+def test_transforms_come_from_the_timm_pretrained_config():
+    config = tiny_config()
+    config.vision_config.pretrained_cfg = {"input_size": (3, 48, 48), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    processor = MmsaProcessor.from_model_config(config, tiny_tokenizer())
+    data = processor.image_processor.data_config
+    assert data["input_size"] == (3, 48, 48) and data["mean"] == (0.5, 0.5, 0.5)
+    white = processor(images=Image.new("RGB", (100, 70), (255, 255, 255)))["pixel_values"]
+    assert white.shape == (1, 3, 48, 48)
+    torch.testing.assert_close(white, torch.ones_like(white))  # (1 - 0.5) / 0.5
+    # Defaults for a bare architecture come from timm's own pretrained config for it (resnet10t: 176 px, ImageNet).
+    config.vision_config.pretrained_cfg = None
+    default = MmsaProcessor.from_model_config(config, tiny_tokenizer()).image_processor.data_config
+    assert default["input_size"] == (3, 176, 176) and default["mean"] == (0.485, 0.456, 0.406)
+
+
+def test_train_transform_augments_and_eval_is_deterministic():
+    _, processor = tiny_model_and_processor()
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    evals = [processor(images=image)["pixel_values"] for _ in range(2)]
+    assert torch.equal(*evals)
+    torch.manual_seed(0)
+    trains = [processor(images=image, training=True)["pixel_values"] for _ in range(3)]
+    assert trains[0].shape == evals[0].shape
+    assert not all(torch.equal(trains[0], t) for t in trains[1:])
+
+
+def test_processor_round_trip(tmp_path):
+    _, processor = tiny_model_and_processor()
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(reloaded) is MmsaProcessor and type(reloaded.image_processor) is MmsaImageProcessor
+    assert reloaded.max_length == processor.max_length
+    assert reloaded.image_processor.data_config == processor.image_processor.data_config
+    image = Image.new("RGB", (50, 50), (1, 2, 3))
+    texts = ["i love this", "sad day the a photo"]
+    a, b = processor(text=texts, images=[image, image]), reloaded(text=texts, images=[image, image])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_truncation_and_missing_inputs():
+    _, processor = tiny_model_and_processor()
+    long = processor(text=" ".join(["love"] * 200))
+    assert long["input_ids"].shape[1] == processor.max_length
+    with pytest.raises(ValueError, match="text"):
+        processor()

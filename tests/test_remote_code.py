@@ -1,0 +1,62 @@
+"""A saved folder loads through `trust_remote_code=True` where the `mmsa` package cannot be imported at all."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import torch
+from PIL import Image
+
+from mmsa.testing_utils import tiny_model_and_processor
+
+
+CLEAN_ROOM = textwrap.dedent(
+    """
+    import sys
+    sys.modules["mmsa"] = None  # any `import mmsa` now fails
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoProcessor
+
+    folder = sys.argv[1]
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    assert "mmsa" not in type(model).__module__.split(".")[0], type(model).__module__
+    images = [Image.new("RGBA", (70, 50), (200, 10, 10, 255)), Image.new("L", (30, 90), 40)]
+    batch = processor(text=["i love this so much", "awful"], images=images)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    torch.save({"logits": logits, "batch": dict(batch), "model": type(model).__name__,
+                "base": type(base).__name__, "processor": type(processor).__name__}, sys.argv[2])
+    """
+)
+
+
+def test_clean_room_remote_code_load(tmp_path):
+    model, processor = tiny_model_and_processor("mm_transformer")
+    model.eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_mmsa.MmsaModel"
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_mmsa.MmsaForSequenceClassification"
+    assert {"configuration_mmsa.py", "modeling_mmsa.py", "processing_mmsa.py"} <= {p.name for p in folder.iterdir()}
+
+    result_file = tmp_path / "result.pt"
+    run = subprocess.run(
+        [sys.executable, "-c", CLEAN_ROOM, str(folder), str(result_file)], capture_output=True, text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = torch.load(result_file)
+    assert (result["model"], result["base"], result["processor"]) == (
+        "MmsaForSequenceClassification", "MmsaModel", "MmsaProcessor"
+    )
+    images = [Image.new("RGBA", (70, 50), (200, 10, 10, 255)), Image.new("L", (30, 90), 40)]
+    batch = processor(text=["i love this so much", "awful"], images=images)
+    assert all(torch.equal(batch[k], result["batch"][k]) for k in batch)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, result["logits"])
