@@ -41,3 +41,50 @@ def tiny_model_and_processor(fusion: str = "ote", seed: int = 0, **kwargs):
     model = MmsaForSequenceClassification(config)
     processor = MmsaProcessor.from_model_config(config, tiny_tokenizer(), max_length=32)
     return model, processor
+
+
+def write_fake_mvsa(root, posts, variant: str = "single", header: str | None = None, extra_rows=()):
+    """Writes a raw MVSA release in the real format (CRLF, tab-separated, `text,image` pairs) under `root`.
+
+    `posts`: `{id: (labels, text)}` where `labels` is one `"text,image"` string per annotator (one for MVSA-Single,
+    three for MVSA-Multiple) and `text` is `str` (written as UTF-8) or `bytes` (written as is). Each post gets a small
+    JPEG whose colour depends on its id. `extra_rows` are raw label lines appended as they are.
+    """
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    annotators = 1 if variant == "single" else 3
+    lines = [header if header is not None else "\t".join(["ID"] + ["text,image"] * annotators)]
+    for post_id, (labels, text) in posts.items():
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        lines.append("\t".join([str(post_id)] + labels))
+        (data / f"{post_id}.txt").write_bytes(text if isinstance(text, bytes) else (text + " \n").encode("utf-8"))
+        buffer = io.BytesIO()
+        shade = (int(post_id) * 37) % 256
+        Image.new("RGB", (24 + int(post_id) % 5, 20), (shade, 255 - shade, 90)).save(buffer, format="JPEG")
+        (data / f"{post_id}.jpg").write_bytes(buffer.getvalue())
+    lines.extend(extra_rows)
+    (root / "labelResultAll.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    return root
+
+
+def fake_mvsa_posts(n: int = 40, seed: int = 0):
+    """`n` posts for `write_fake_mvsa` whose texts carry their label (so tiny models can learn them)."""
+    import random
+
+    rng = random.Random(seed)
+    words = {"positive": "i love this great happy day", "negative": "i hate this awful sad day",
+             "neutral": "the photo of the day"}
+    pairs = ["positive,positive", "negative,negative", "neutral,neutral", "neutral,positive", "negative,neutral",
+             "positive,negative"]
+    posts = {}
+    for post_id in range(1, n + 1):
+        pair = pairs[rng.randrange(len(pairs))]
+        text_label = pair.split(",")[0] if pair.split(",")[0] != "neutral" else pair.split(",")[1]
+        posts[post_id] = (pair, f"{words[text_label]} #{post_id} @user http://t.co/x{post_id}")
+    return posts

@@ -1,0 +1,470 @@
+"""MVSA-Single and MVSA-Multiple as `datasets.DatasetDict`s, built from the raw releases.
+
+    python -m mmsa.data build --raw_dir MVSA_Single --output_dir mvsa_single [--strict] [--push_to_hub USER/NAME]
+    python -m mmsa.data push --dataset_dir mvsa_single --repo_id USER/NAME
+
+A raw release is a folder with `data/<id>.txt`, `data/<id>.jpg` and `labelResultAll.txt` (tab-separated, header
+`ID\\ttext,image`; MVSA-Multiple has three `text,image` columns, one per annotator). Labels are cleaned with the rule
+used since MultiSentiNet: both labels agree -> that label; one is neutral -> the other; positive vs negative -> the
+post is dropped. For MVSA-Multiple each modality first takes the label at least two of three annotators agree on.
+
+Every problem with the input (missing or empty files, undecodable images, unknown label words, malformed or duplicated
+rows, files no row labels) skips that post with a reason that is counted and listed in the build report
+(`build_report.json` beside a saved dataset); `strict=True` raises on the first one instead.
+"""
+
+import argparse
+import io
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
+
+
+logger = logging.getLogger(__name__)
+
+LABELS = ("negative", "neutral", "positive")
+SPLITS = ("train", "validation", "test")
+SPLIT_RATIOS = (0.8, 0.1, 0.1)
+LABEL_FILE = "labelResultAll.txt"
+REPORT_FILE = "build_report.json"
+ANNOTATORS = {"single": 1, "multiple": 3}
+TEXT_ENCODINGS = ("utf-8", "gb18030")
+"""Text files are UTF-8 or, for 1131 MVSA-Single posts, GB18030 (e.g. b"\\xa1\\xad" is "…"); tried in this order."""
+
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "text": Value("string"),
+        "image": ImageFeature(),
+        "label": ClassLabel(names=list(LABELS)),
+        "text_label": ClassLabel(names=list(LABELS)),
+        "image_label": ClassLabel(names=list(LABELS)),
+    }
+)
+
+
+class MvsaFormatError(ValueError):
+    """The raw release is not in the MVSA format, or (with `strict=True`) one of its posts is unusable."""
+
+
+@dataclass
+class BuildReport:
+    """What a build kept and skipped; `kept + sum(skipped.values()) == label_rows`."""
+
+    raw_dir: str
+    variant: str
+    label_rows: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    skipped_posts: list = field(default_factory=list)
+    unlabelled_files: list = field(default_factory=list)
+    text_encodings: Counter = field(default_factory=Counter)
+    split_counts: dict = field(default_factory=dict)
+    class_counts: dict = field(default_factory=dict)
+    seed: int | None = None
+    split_file: str | None = None
+
+    def skip(self, reason: str, post_id: str | None, line: int | None, detail: str, strict: bool):
+        where = f"{self.raw_dir}/{LABEL_FILE} line {line}" if line is not None else self.raw_dir
+        if strict:
+            raise MvsaFormatError(f"{where} (id {post_id}): {reason}: {detail}")
+        self.skipped[reason] += 1
+        self.skipped_posts.append({"id": post_id, "line": line, "reason": reason, "detail": detail})
+
+    def to_dict(self) -> dict:
+        return {
+            "raw_dir": self.raw_dir,
+            "variant": self.variant,
+            "label_rows": self.label_rows,
+            "kept": self.kept,
+            "skipped_total": sum(self.skipped.values()),
+            "skipped": dict(sorted(self.skipped.items())),
+            "skipped_posts": self.skipped_posts,
+            "unlabelled_files": self.unlabelled_files,
+            "text_encodings": dict(self.text_encodings),
+            "split_counts": self.split_counts,
+            "class_counts": self.class_counts,
+            "seed": self.seed,
+            "split_file": self.split_file,
+        }
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        return (
+            f"MVSA-{self.variant}: {self.label_rows} label rows, kept {self.kept}, skipped {sum(self.skipped.values())} "
+            f"({skipped}); {len(self.unlabelled_files)} unlabelled files; splits {self.split_counts}"
+        )
+
+
+# --- labels -------------------------------------------------------------------------------------------------------
+
+
+def clean_label(text_label: str, image_label: str) -> str | None:
+    """The MultiSentiNet rule: agreement -> that label, one neutral -> the other, positive vs negative -> None."""
+    if text_label == image_label:
+        return text_label
+    if text_label == "neutral":
+        return image_label
+    if image_label == "neutral":
+        return text_label
+    return None
+
+
+def majority(labels: list[str]) -> str | None:
+    """The label more than half of the annotators gave (for one annotator, that annotator's), else None."""
+    label, count = Counter(labels).most_common(1)[0]
+    return label if count * 2 > len(labels) else None
+
+
+def read_label_rows(raw_dir: Path, variant: str):
+    """Yields `(line_number, fields)` for every non-empty row after the header; checks the header first."""
+    path = raw_dir / LABEL_FILE
+    if not path.is_file():
+        raise MvsaFormatError(f"{path} does not exist: an MVSA release holds {LABEL_FILE} beside data/.")
+    lines = path.read_bytes().decode("utf-8", errors="strict").splitlines()
+    expected = "\t".join(["ID"] + ["text,image"] * ANNOTATORS[variant])
+    header = lines[0].strip() if lines else ""
+    if header != expected:
+        raise MvsaFormatError(
+            f"{path} line 1: expected the MVSA-{variant} header {expected!r}, found {header[:80]!r}. "
+            f"Is this an MVSA-{variant.capitalize()} labelResultAll.txt?"
+        )
+    for number, line in enumerate(lines[1:], start=2):
+        if line.strip():
+            yield number, line.rstrip("\r\n").split("\t")
+
+
+def parse_labels(fields: list[str], variant: str) -> tuple[str, list[tuple[str, str]]]:
+    """Returns `(id, [(text_label, image_label), ...])`; raises ValueError with what is wrong."""
+    annotators = ANNOTATORS[variant]
+    if len(fields) != 1 + annotators:
+        raise ValueError(f"expected {1 + annotators} tab-separated fields, found {len(fields)}")
+    post_id = fields[0].strip()
+    if not post_id.isdigit():
+        raise ValueError(f"id {post_id!r} is not a number")
+    pairs = []
+    for value in fields[1:]:
+        pair = [word.strip().lower() for word in value.split(",")]
+        if len(pair) != 2:
+            raise ValueError(f"expected 'text,image' labels, found {value!r}")
+        pairs.append(tuple(pair))
+    return post_id, pairs
+
+
+# --- files --------------------------------------------------------------------------------------------------------
+
+
+def decode_text(raw: bytes) -> tuple[str, str]:
+    """Decodes a post's text file; returns `(text, encoding)`."""
+    for encoding in TEXT_ENCODINGS:
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    raise UnicodeDecodeError("gb18030", raw, 0, len(raw), "neither UTF-8 nor GB18030")
+
+
+def check_post(data_dir: Path, post_id: str):
+    """Reads and checks one post's files. Returns `(text, encoding, image_bytes)` or `(reason, detail)`."""
+    text_path, image_path = data_dir / f"{post_id}.txt", data_dir / f"{post_id}.jpg"
+    missing = [p.name for p in (text_path, image_path) if not p.is_file()]
+    if len(missing) == 2:
+        return ("missing_files", f"neither {text_path.name} nor {image_path.name} exists")
+    if missing:
+        return ("missing_text" if missing[0].endswith(".txt") else "missing_image", f"{data_dir / missing[0]} does not exist")
+    try:
+        text, encoding = decode_text(text_path.read_bytes())
+    except UnicodeDecodeError as error:
+        return ("undecodable_text", f"{text_path}: {error}")
+    text = text.strip()
+    if not text:
+        return ("empty_text", f"{text_path} holds no text")
+    image_bytes = image_path.read_bytes()
+    if not image_bytes:
+        return ("empty_image", f"{image_path} is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as image:
+            image.load()  # decodes every pixel: truncated files fail here
+    except Exception as error:  # PIL raises many types for broken files
+        return ("undecodable_image", f"{image_path}: {type(error).__name__}: {error}")
+    return (text, encoding, image_bytes)
+
+
+def _check_posts(args):
+    data_dir, post_ids = args
+    return [check_post(Path(data_dir), post_id) for post_id in post_ids]
+
+
+def check_posts(data_dir: Path, post_ids: list[str], num_proc: int | None) -> list:
+    """`check_post` over many posts, in `num_proc` processes (default: all cores)."""
+    num_proc = num_proc or os.cpu_count() or 1
+    if num_proc <= 1 or len(post_ids) < 64:
+        return [check_post(data_dir, post_id) for post_id in post_ids]
+    chunks = [post_ids[i::num_proc] for i in range(num_proc)]
+    with ProcessPoolExecutor(num_proc) as pool:
+        results = list(pool.map(_check_posts, [(str(data_dir), chunk) for chunk in chunks]))
+    by_id = {}
+    for chunk, chunk_results in zip(chunks, results):
+        by_id.update(zip(chunk, chunk_results))
+    return [by_id[post_id] for post_id in post_ids]
+
+
+# --- splits -------------------------------------------------------------------------------------------------------
+
+
+def stratified_split(ids: list[str], labels: list[int], seed: int) -> dict[str, list[str]]:
+    """A stratified 8:1:1 split. Each class's ids are sorted numerically and shuffled with a seeded NumPy
+    `RandomState` (same result on every machine and run), then cut into train / validation / test."""
+    rng = np.random.RandomState(seed)
+    splits = {name: [] for name in SPLITS}
+    for label in sorted(set(labels)):
+        members = sorted((i for i, lab in zip(ids, labels) if lab == label), key=int)
+        members = [members[i] for i in rng.permutation(len(members))]
+        n_train = int(round(len(members) * SPLIT_RATIOS[0]))
+        n_validation = int(round(len(members) * SPLIT_RATIOS[1]))
+        splits["train"] += members[:n_train]
+        splits["validation"] += members[n_train : n_train + n_validation]
+        splits["test"] += members[n_train + n_validation :]
+    return {name: sorted(members, key=int) for name, members in splits.items()}
+
+
+def read_split_file(path: str | Path) -> dict[str, list[str]]:
+    """A published split: JSON `{"train": [ids], "validation": [ids], "test": [ids]}`."""
+    splits = json.loads(Path(path).read_text())
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        raise MvsaFormatError(f"{path}: expected a JSON object with exactly the keys {list(SPLITS)}.")
+    seen = {}
+    for name in SPLITS:
+        for post_id in splits[name]:
+            post_id = str(post_id)
+            if post_id in seen:
+                raise MvsaFormatError(f"{path}: id {post_id} is in both {seen[post_id]!r} and {name!r}.")
+            seen[post_id] = name
+    return {name: [str(i) for i in splits[name]] for name in SPLITS}
+
+
+# --- build --------------------------------------------------------------------------------------------------------
+
+
+def build_mvsa(
+    raw_dir: str | Path,
+    variant: str = "single",
+    seed: int = 42,
+    strict: bool = False,
+    split_file: str | Path | None = None,
+    num_proc: int | None = None,
+    return_report: bool = False,
+):
+    """Builds the `DatasetDict` (train / validation / test) of a raw MVSA release.
+
+    Args:
+        raw_dir: the release folder (`data/`, `labelResultAll.txt`).
+        variant: `"single"` (one annotator) or `"multiple"` (three annotators, majority vote per modality).
+        seed: seed of the stratified 8:1:1 split.
+        strict: raise `MvsaFormatError` on the first unusable post instead of skipping and reporting it.
+        split_file: a JSON split (ids per split) to reuse instead of drawing one.
+        num_proc: processes that read and decode the files (default: all cores).
+        return_report: also return the `BuildReport`.
+    """
+    if variant not in ANNOTATORS:
+        raise ValueError(f"variant must be one of {list(ANNOTATORS)}, got {variant!r}")
+    raw_dir = Path(raw_dir)
+    data_dir = raw_dir / "data"
+    if not data_dir.is_dir():
+        raise MvsaFormatError(f"{data_dir} does not exist: an MVSA release holds data/<id>.txt and data/<id>.jpg.")
+    report = BuildReport(raw_dir=str(raw_dir), variant=variant, seed=None if split_file else seed,
+                         split_file=str(split_file) if split_file else None)
+
+    # 1. Label rows -> cleaned labels.
+    candidates = {}  # id -> (line, text_label, image_label, label)
+    seen_lines = {}
+    for line, fields in read_label_rows(raw_dir, variant):
+        report.label_rows += 1
+        try:
+            post_id, pairs = parse_labels(fields, variant)
+        except ValueError as error:
+            report.skip("malformed_row", fields[0] if fields else None, line, str(error), strict)
+            continue
+        if post_id in seen_lines:
+            report.skip("duplicate_id", post_id, line, f"id {post_id} already labelled on line {seen_lines[post_id]}",
+                        strict)
+            continue
+        seen_lines[post_id] = line
+        unknown = sorted({word for pair in pairs for word in pair if word not in LABELS})
+        if unknown:
+            report.skip("unknown_label", post_id, line, f"unknown label word(s) {unknown}; expected {list(LABELS)}",
+                        strict)
+            continue
+        text_label = majority([pair[0] for pair in pairs])
+        image_label = majority([pair[1] for pair in pairs])
+        if text_label is None or image_label is None:
+            report.skip("no_majority", post_id, line, f"annotators disagree: {pairs}", strict=False)
+            continue
+        label = clean_label(text_label, image_label)
+        if label is None:
+            report.skip("label_conflict", post_id, line, f"text {text_label} vs image {image_label}", strict=False)
+            continue
+        candidates[post_id] = (line, text_label, image_label, label)
+
+    # 2. Files no row labels.
+    labelled = set(seen_lines)
+    for path in sorted(data_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.stem not in labelled:
+            if strict:
+                raise MvsaFormatError(f"{path}: no row of {raw_dir / LABEL_FILE} labels this file.")
+            report.unlabelled_files.append(path.name)
+
+    # 3. Read and check the files of every candidate post.
+    post_ids = sorted(candidates, key=int)
+    records = {}
+    for post_id, result in zip(post_ids, check_posts(data_dir, post_ids, num_proc)):
+        line, text_label, image_label, label = candidates[post_id]
+        if len(result) == 2:
+            report.skip(result[0], post_id, line, result[1], strict)
+            continue
+        text, encoding, image_bytes = result
+        report.text_encodings[encoding] += 1
+        records[post_id] = {
+            "id": post_id,
+            "text": text,
+            "image": {"bytes": image_bytes, "path": f"{post_id}.jpg"},
+            "label": LABELS.index(label),
+            "text_label": LABELS.index(text_label),
+            "image_label": LABELS.index(image_label),
+        }
+    report.kept = len(records)
+
+    # 4. Splits.
+    kept_ids = list(records)
+    if split_file:
+        splits = read_split_file(split_file)
+        listed = {post_id for members in splits.values() for post_id in members}
+        for post_id in sorted(set(kept_ids) - listed, key=int):
+            report.skip("not_in_split_file", post_id, candidates[post_id][0], f"{split_file} does not list it", strict)
+        missing = sorted(listed - set(kept_ids), key=int)
+        if missing:
+            logger.warning("%d ids of %s are not kept posts (first: %s)", len(missing), split_file, missing[:5])
+        splits = {name: [i for i in members if i in records] for name, members in splits.items()}
+        report.kept = sum(len(members) for members in splits.values())
+    else:
+        splits = stratified_split(kept_ids, [records[i]["label"] for i in kept_ids], seed)
+
+    dataset = DatasetDict(
+        {
+            name: Dataset.from_list([records[i] for i in members], features=FEATURES, split=name)
+            if members
+            else Dataset.from_dict({key: [] for key in FEATURES}, features=FEATURES, split=name)
+            for name, members in splits.items()
+        }
+    )
+    report.split_counts = {name: len(members) for name, members in splits.items()}
+    report.class_counts = {
+        name: {LABELS[k]: v for k, v in sorted(Counter(records[i]["label"] for i in members).items())}
+        for name, members in splits.items()
+    }
+    logger.info(report.summary())
+    return (dataset, report) if return_report else dataset
+
+
+def is_raw_release(path: str | Path) -> bool:
+    return (Path(path) / LABEL_FILE).is_file()
+
+
+def load_mvsa(path_or_repo: str | Path, variant: str = "single", seed: int = 42, **build_kwargs) -> DatasetDict:
+    """A raw release folder (built on the fly), a `save_to_disk` folder, or a Hub dataset id / parquet folder."""
+    path = Path(path_or_repo)
+    if path.is_dir():
+        if is_raw_release(path):
+            return build_mvsa(path, variant=variant, seed=seed, **build_kwargs)
+        if (path / "dataset_dict.json").is_file():
+            return load_from_disk(str(path))
+    return load_dataset(str(path_or_repo))
+
+
+def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path) -> Path:
+    """`save_to_disk` plus `build_report.json` and the dataset card (`README.md`)."""
+    from .dataset_card import mvsa_dataset_card
+
+    output_dir = Path(output_dir)
+    dataset.save_to_disk(str(output_dir))
+    (output_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    mvsa_dataset_card(dataset, report).save(output_dir / "README.md")
+    return output_dir
+
+
+def push_mvsa(dataset: DatasetDict, report: BuildReport | dict, repo_id: str, private: bool = False,
+              token: str | None = None, staging_dir: str | Path | None = None) -> str:
+    """Uploads the dataset to the Hub as parquet (image bytes embedded) with its card, in one commit."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    from .dataset_card import mvsa_dataset_card
+
+    report_dict = report.to_dict() if isinstance(report, BuildReport) else report
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(staging_dir or tmp)
+        for name, split in dataset.items():
+            (folder / "data").mkdir(parents=True, exist_ok=True)
+            split.to_parquet(str(folder / "data" / f"{name}-00000-of-00001.parquet"))
+        (folder / REPORT_FILE).write_text(json.dumps(report_dict, indent=2, ensure_ascii=False) + "\n")
+        mvsa_dataset_card(dataset, report_dict).save(folder / "README.md")
+        api = HfApi(token=token)
+        repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+                          commit_message=f"Upload MVSA-{report_dict['variant'].capitalize()} ({report_dict['kept']} posts)")
+    return str(repo_url)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mmsa.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build a dataset from a raw release")
+    build.add_argument("--raw_dir", default=os.environ.get("MVSA_SINGLE_DIR"),
+                       help="raw release folder (default: $MVSA_SINGLE_DIR)")
+    build.add_argument("--output_dir", required=True, help="where to save_to_disk the DatasetDict")
+    build.add_argument("--variant", choices=list(ANNOTATORS), default="single")
+    build.add_argument("--seed", type=int, default=42)
+    build.add_argument("--split_file", default=None, help="JSON ids per split to reuse")
+    build.add_argument("--strict", action="store_true", help="fail on the first unusable post")
+    build.add_argument("--num_proc", type=int, default=None)
+    build.add_argument("--push_to_hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
+    build.add_argument("--private", action="store_true")
+    push = commands.add_parser("push", help="upload a saved dataset folder to the Hub")
+    push.add_argument("--dataset_dir", required=True)
+    push.add_argument("--repo_id", required=True)
+    push.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.command == "build":
+        if not args.raw_dir:
+            parser.error("--raw_dir is required when MVSA_SINGLE_DIR is not set")
+        dataset, report = build_mvsa(args.raw_dir, variant=args.variant, seed=args.seed, strict=args.strict,
+                                     split_file=args.split_file, num_proc=args.num_proc, return_report=True)
+        save_mvsa(dataset, report, args.output_dir)
+        print(report.summary())
+        print(f"saved to {args.output_dir} (report: {Path(args.output_dir) / REPORT_FILE})")
+        if args.push_to_hub:
+            print(push_mvsa(dataset, report, args.push_to_hub, private=args.private))
+    else:
+        dataset = load_from_disk(args.dataset_dir)
+        report = json.loads((Path(args.dataset_dir) / REPORT_FILE).read_text())
+        print(push_mvsa(dataset, report, args.repo_id, private=args.private))
+
+
+if __name__ == "__main__":
+    main()
