@@ -88,3 +88,16 @@ def fake_mvsa_posts(n: int = 40, seed: int = 0):
         text_label = pair.split(",")[0] if pair.split(",")[0] != "neutral" else pair.split(",")[1]
         posts[post_id] = (pair, f"{words[text_label]} #{post_id} @user http://t.co/x{post_id}")
     return posts
+
+
+def write_tiny_towers(folder, seed: int = 0):
+    """Saves the tiny random text tower (with its tokenizer) and image tower as `folder/text` and `folder/vision`,
+    usable as `text_model_name_or_path` / `vision_model_name_or_path`."""
+    from pathlib import Path
+
+    model, processor = tiny_model_and_processor("naive_cat", seed=seed)
+    folder = Path(folder)
+    model.mmsa.text_model.save_pretrained(folder / "text")
+    processor.tokenizer.save_pretrained(folder / "text")
+    model.mmsa.vision_model.save_pretrained(folder / "vision")
+    return folder / "text", folder / "vision"

@@ -1,0 +1,308 @@
+#!/usr/bin/env python
+"""Fine-tune an MMSA model (text tower + image tower + fusion head) on MVSA with the Hugging Face `Trainer`.
+
+    accelerate launch train_hf.py configs/offline_minilm_effnet.yaml [--flag value ...]
+    accelerate launch --cpu --num_processes 2 train_hf.py --text_model_name_or_path T --vision_model_name_or_path V \
+        --dataset_name_or_path MVSA_Single --output_dir runs/ote
+
+Arguments come from the command line, from one YAML/JSON file, or from a file followed by flags that override it.
+`--dataset_name_or_path` is a raw MVSA release folder, a `save_to_disk` folder or a Hub dataset id; without it the
+raw folder in `$MVSA_SINGLE_DIR` is used. `output_dir` ends up a loadable model folder (config, weights, processor,
+custom code) with `test_results.json`, `classification_report.txt` and `confusion_matrix.png`.
+"""
+
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+import yaml
+from transformers import (
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint
+
+from mmsa import FUSION_STRATEGIES, MmsaConfig, MmsaForSequenceClassification, MmsaProcessor
+from mmsa.data import LABELS, load_mvsa
+from mmsa.feature_cache import cache_split_features
+from mmsa.training import MmsaDataCollator, MmsaTrainer, build_compute_metrics, make_transform, write_test_report
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    text_model_name_or_path: str | None = field(
+        default="google-bert/bert-base-uncased",
+        metadata={"help": "Text tower: a Hub id or a local folder with the model and its tokenizer."},
+    )
+    vision_model_name_or_path: str | None = field(
+        default="timm/resnet50.a1_in1k",
+        metadata={"help": "Image tower: a timm model in TimmWrapper format, as a Hub id or a local folder."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Continue from a saved MMSA model folder (overrides the tower and fusion arguments)."},
+    )
+    fusion: str = field(default="ote", metadata={"help": f"Fusion strategy, one of {', '.join(FUSION_STRATEGIES)}."})
+    fusion_hidden_size: int = field(default=64, metadata={"help": "Width d of the projected features."})
+    fusion_num_heads: int = field(default=8, metadata={"help": "Attention heads of the fusion layers."})
+    fusion_num_layers: int = field(default=1, metadata={"help": "Transformer layers of hstec / ote / mm_transformer."})
+    projection_dropout: float = field(default=0.2, metadata={"help": "Dropout before the feature projections."})
+    attention_dropout: float = field(default=0.4, metadata={"help": "Dropout inside the fusion layers."})
+    classifier_dropout: float = field(default=0.5, metadata={"help": "Dropout of the classification heads."})
+    classifier_hidden_size: int = field(default=128, metadata={"help": "Hidden width of the classification heads."})
+    class_weights: str | None = field(
+        default=None,
+        metadata={"help": "Loss class weights: 'balanced' (from the train split) or comma-separated, one per label."},
+    )
+    freeze_text_backbone: bool = field(default=False, metadata={"help": "Keep the text tower fixed."})
+    freeze_vision_backbone: bool = field(default=False, metadata={"help": "Keep the image tower fixed."})
+    text_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the text tower."})
+    vision_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the image tower."})
+    head_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the fusion layers and heads."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Raw MVSA folder, save_to_disk folder or Hub dataset id (default: $MVSA_SINGLE_DIR)."},
+    )
+    dataset_variant: str = field(default="single", metadata={"help": "MVSA variant of a raw folder: single|multiple."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the stratified 8:1:1 split of a raw folder."})
+    split_file: str | None = field(default=None, metadata={"help": "JSON ids per split to use instead."})
+    max_text_length: int = field(default=128, metadata={"help": "Texts are truncated to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training posts."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation/test posts."})
+    cache_image_features: bool = field(
+        default=True,
+        metadata={"help": "With a frozen image tower, compute its features once and reuse them from disk."},
+    )
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where cached image features live (default: $MMSA_CACHE or ~/.cache/mmsa)."}
+    )
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "Stop after this many evaluations without improvement (0: never)."}
+    )
+
+
+@dataclass
+class MmsaTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the defaults of the paper's code and of this task."""
+
+    output_dir: str | None = field(default="runs/mmsa", metadata={"help": "Where checkpoints and the model go."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size per device for evaluation."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Fallback learning rate (see the per-group ones)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to save checkpoints."})
+    logging_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to log."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best one is kept too)."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Restore the best validation checkpoint."})
+    metric_for_best_model: str | None = field(default="macro_f1", metadata={"help": "Validation metric to select on."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger metric is better."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (on-the-fly transforms)."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
+
+
+def config_file_to_argv(argv: list[str]) -> list[str]:
+    """`train_hf.py file.yaml --flag v` -> the file's keys as flags, followed by the overriding flags."""
+    if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
+        return argv
+    text = Path(argv[0]).read_text()
+    values = json.loads(text) if argv[0].endswith(".json") else yaml.safe_load(text)
+    flags = []
+    for key, value in (values or {}).items():
+        if value is None:
+            continue
+        values_list = value if isinstance(value, list) else [value]
+        flags += [f"--{key}"] + [str(v).lower() if isinstance(v, bool) else str(v) for v in values_list]
+    return flags + argv[1:]
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, MmsaTrainingArguments))
+    argv = config_file_to_argv(list(sys.argv[1:] if argv is None else argv))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def class_weights_from(option: str | None, train_labels: list[int]) -> list[float] | None:
+    if not option:
+        return None
+    if option == "balanced":
+        counts = Counter(train_labels)
+        return [len(train_labels) / (len(LABELS) * max(counts.get(i, 0), 1)) for i in range(len(LABELS))]
+    return [float(v) for v in option.split(",")]
+
+
+def build_model_and_processor(model_args, data_args, class_weights):
+    if model_args.model_name_or_path:
+        model = MmsaForSequenceClassification.from_pretrained(model_args.model_name_or_path)
+        processor = MmsaProcessor.from_pretrained(model_args.model_name_or_path)
+        processor.max_length = data_args.max_text_length
+        return model, processor
+    config_kwargs = {
+        name: getattr(model_args, name)
+        for name in ("fusion", "fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "projection_dropout",
+                     "attention_dropout", "classifier_dropout", "classifier_hidden_size", "freeze_text_backbone",
+                     "freeze_vision_backbone")
+    }
+    model = MmsaForSequenceClassification.from_text_vision_pretrained(
+        model_args.text_model_name_or_path, model_args.vision_model_name_or_path, class_weights=class_weights,
+        **config_kwargs,
+    )
+    # image_only still needs a tokenizer for the processor; it comes from the text checkpoint when there is one.
+    tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
+    processor = MmsaProcessor.from_model_config(model.config, tokenizer, max_length=data_args.max_text_length)
+    return model, processor
+
+
+def requested_cpu_processes() -> int:
+    """Processes asked of `accelerate launch --cpu --num_processes N` (whose simple launcher starts only one)."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return 1
+    if "MASTER_ADDR" not in os.environ:  # accelerate sets it only when more than one process was asked for
+        return 1
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return 1
+    if "launch" not in parent:
+        return 1
+    from accelerate.commands.launch import launch_command_parser
+
+    launch_args, _ = launch_command_parser().parse_known_args(parent[parent.index("launch") + 1 :])
+    return launch_args.num_processes or 1
+
+
+def relaunch_as_cpu_ddp(num_processes: int):
+    """Starts `num_processes` copies of this script with torchrun: DDP over gloo on CPU."""
+    from torch.distributed.run import main as torchrun
+
+    logger.warning("Starting %d CPU processes (DDP over gloo) for accelerate launch --cpu.", num_processes)
+    torchrun([f"--nproc_per_node={num_processes}", f"--master_addr={os.environ['MASTER_ADDR']}",
+              f"--master_port={os.environ.get('MASTER_PORT', '29500')}", sys.argv[0], *sys.argv[1:]])
+
+
+def main(argv=None):
+    if argv is None and (num_processes := requested_cpu_processes()) > 1:
+        return relaunch_as_cpu_ddp(num_processes)
+    model_args, data_args, training_args = parse_args(argv)
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    logging.getLogger("mmsa").setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+                   f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}")
+    logger.info(f"Training parameters {training_args}")
+
+    last_checkpoint = None
+    if os.path.isdir(training_args.output_dir):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+            logger.info(f"Checkpoint found, resuming training at {last_checkpoint}.")
+
+    # Data
+    source = data_args.dataset_name_or_path or os.environ.get("MVSA_SINGLE_DIR")
+    if not source:
+        raise ValueError("Name a dataset with --dataset_name_or_path or set MVSA_SINGLE_DIR to the raw MVSA-Single folder.")
+    with training_args.main_process_first(desc="building the dataset"):
+        dataset = load_mvsa(source, variant=data_args.dataset_variant, seed=data_args.split_seed,
+                            split_file=data_args.split_file)
+    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                        ("test", data_args.max_eval_samples)):
+        if limit is not None:
+            dataset[name] = dataset[name].select(range(min(limit, len(dataset[name]))))
+    logger.info("Dataset: %s", {name: len(split) for name, split in dataset.items()})
+
+    set_seed(training_args.seed)
+    class_weights = class_weights_from(model_args.class_weights, dataset["train"]["label"])
+    model, processor = build_model_and_processor(model_args, data_args, class_weights)
+    config: MmsaConfig = model.config
+
+    # Frozen image tower: its features are computed once per image and read from disk afterwards.
+    cached = {}
+    if config.uses_vision and config.freeze_vision_backbone and data_args.cache_image_features:
+        vision_model = model.mmsa.vision_model.to(training_args.device)
+        for name in dataset:
+            with training_args.main_process_first(desc=f"caching image features ({name})"):
+                cached[name] = cache_split_features(vision_model, processor.image_processor, dataset[name],
+                                                    with_tokens=config.uses_tokens,
+                                                    cache_dir=data_args.feature_cache_dir)
+            dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
+
+    def prepared(name, training):
+        return dataset[name].with_transform(make_transform(
+            processor, training=training, max_length=data_args.max_text_length, use_text=config.uses_text,
+            use_images=config.uses_vision, cached_features=cached.get(name)))
+
+    callbacks = []
+    if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+
+    trainer = MmsaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared("train", training=True),
+        eval_dataset=prepared("validation", training=False),
+        processing_class=processor,
+        data_collator=MmsaDataCollator(processor),
+        compute_metrics=build_compute_metrics(config.id2label),
+        callbacks=callbacks,
+        learning_rates={"text": model_args.text_learning_rate, "vision": model_args.vision_learning_rate,
+                        "head": model_args.head_learning_rate},
+    )
+
+    # Training
+    checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
+    metrics = train_result.metrics
+    metrics["train_samples"] = len(dataset["train"])
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+    # Evaluation on validation, then the held-out test split
+    metrics = trainer.evaluate()
+    metrics["eval_samples"] = len(dataset["validation"])
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+    prediction = trainer.predict(prepared("test", training=False), metric_key_prefix="test")
+    test_metrics = dict(prediction.metrics)
+    test_metrics["test_samples"] = len(dataset["test"])
+    trainer.log_metrics("test", test_metrics)
+    trainer.save_metrics("test", test_metrics)
+    if trainer.is_world_process_zero():
+        write_test_report(training_args.output_dir, test_metrics, prediction.predictions.argmax(-1),
+                          prediction.label_ids, config.id2label)
+        logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
+
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.text_model_name_or_path, tasks="text-classification",
+                            dataset="MVSA-Single", tags=["mmsa", "multimodal", "sentiment-analysis"])
+    return test_metrics
+
+
+if __name__ == "__main__":
+    main()
