@@ -115,6 +115,9 @@ class MmsaTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="macro_f1", metadata={"help": "Validation metric to select on."})
     greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger metric is better."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (on-the-fly transforms)."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every built parameter is used, so DDP needs no unused-parameter search."}
+    )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
 
 
@@ -180,11 +183,13 @@ def requested_cpu_processes() -> int:
         parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
     except OSError:
         return 1
-    if "launch" not in parent:
+    # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    starts = [i for i, word in enumerate(parent) if word == "launch" or word.endswith("accelerate.commands.launch")]
+    if not starts:
         return 1
     from accelerate.commands.launch import launch_command_parser
 
-    launch_args, _ = launch_command_parser().parse_known_args(parent[parent.index("launch") + 1 :])
+    launch_args, _ = launch_command_parser().parse_known_args(parent[starts[0] + 1 :])
     return launch_args.num_processes or 1
 
 
@@ -219,7 +224,7 @@ def main(argv=None):
     if os.path.isdir(training_args.output_dir):
         last_checkpoint = get_last_checkpoint(training_args.output_dir)
         if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.info(f"Checkpoint found, resuming training at {last_checkpoint}.")
+            logger.warning(f"Checkpoint found, resuming training at {last_checkpoint}.")
 
     # Data
     source = data_args.dataset_name_or_path or os.environ.get("MVSA_SINGLE_DIR")

@@ -149,6 +149,11 @@ class MmsaProcessor(ProcessorMixin):
         if text is None and images is None:
             raise ValueError("MmsaProcessor needs `text`, `images` or both.")
         encoding = {}
+        if text is not None and not isinstance(text, str):
+            text = list(text)  # any sequence, e.g. a `datasets` column
+        if images is not None and not isinstance(images, (list, tuple)) and hasattr(images, "__len__") and \
+                not isinstance(images, (str, bytes, dict, Image.Image)):
+            images = list(images)
         if text is not None:
             encoding.update(
                 self.tokenizer(

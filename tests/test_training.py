@@ -1,0 +1,235 @@
+"""train_hf.py end to end on tiny towers and a generated MVSA release (CPU, seconds per run)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import AutoModelForSequenceClassification, AutoProcessor
+
+import train_hf
+from mmsa.data import build_mvsa
+from mmsa.feature_cache import cache_split_features, compute_image_features
+from mmsa.metrics import load_sentiment_metrics
+from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa, write_tiny_towers
+from mmsa.training import MmsaDataCollator, MmsaTrainer, make_transform
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("assets")
+    text, vision = write_tiny_towers(folder / "towers")
+    raw = write_fake_mvsa(folder / "raw", fake_mvsa_posts(80))
+    return {"text": str(text), "vision": str(vision), "raw": str(raw), "folder": folder}
+
+
+def tiny_args(assets, output_dir, *extra):
+    return [
+        "--text_model_name_or_path", assets["text"], "--vision_model_name_or_path", assets["vision"],
+        "--dataset_name_or_path", assets["raw"], "--output_dir", str(output_dir),
+        "--fusion_hidden_size", "16", "--fusion_num_heads", "4", "--per_device_train_batch_size", "8",
+        "--head_learning_rate", "2e-3", "--text_learning_rate", "1e-3", "--vision_learning_rate", "1e-3",
+        "--feature_cache_dir", str(Path(output_dir).parent / "feature_cache"), "--disable_tqdm", "true", *extra,
+    ]
+
+
+def run_script(args, env_extra=None, launcher=(sys.executable,), timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def test_train_evaluate_and_save_a_loadable_model(assets, tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"fusion": "mm_transformer", "num_train_epochs": 5, "seed": 11,
+                                           "class_weights": "balanced"}))
+    output_dir = tmp_path / "run"
+    # A config file, then flags that override it.
+    metrics = train_hf.main([str(config_file), *tiny_args(assets, output_dir, "--num_train_epochs", "3")])
+
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["num_train_epochs"] == 3 and state["best_metric"] is not None
+    assert [e["epoch"] for e in state["log_history"] if "eval_macro_f1" in e] == [1.0, 2.0, 3.0]
+    results = json.loads((output_dir / "test_results.json").read_text())
+    assert results == {k: v for k, v in metrics.items()}
+    for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1", "test_f1_negative", "test_f1_neutral",
+                "test_f1_positive"):
+        assert 0.0 <= results[key] <= 1.0
+    assert (output_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "negative" in (output_dir / "classification_report.txt").read_text()
+    assert {"configuration_mmsa.py", "modeling_mmsa.py", "processing_mmsa.py", "config.json",
+            "model.safetensors", "processor_config.json"} <= {p.name for p in output_dir.iterdir()}
+
+    # output_dir is a model folder: reloading it reproduces the reported test metrics.
+    model = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    assert model.config.fusion == "mm_transformer" and model.config.class_weights is not None
+    test = build_mvsa(assets["raw"], num_proc=1)["test"]
+    with torch.no_grad():
+        batch = processor(text=test["text"], images=test["image"])
+        predictions = model(**batch).logits.argmax(-1).numpy()
+    references = np.array(test["label"])
+    assert results["test_accuracy"] == pytest.approx(accuracy_score(references, predictions))
+    assert results["test_macro_f1"] == pytest.approx(
+        f1_score(references, predictions, average="macro", labels=[0, 1, 2], zero_division=0))
+
+
+def test_dataset_defaults_to_mvsa_single_dir(assets, tmp_path, monkeypatch):
+    monkeypatch.delenv("MVSA_SINGLE_DIR", raising=False)
+    args = tiny_args(assets, tmp_path / "run")
+    args = args[:4] + args[6:]  # drop --dataset_name_or_path
+    with pytest.raises(ValueError, match="MVSA_SINGLE_DIR"):
+        train_hf.main(args)
+    monkeypatch.setenv("MVSA_SINGLE_DIR", assets["raw"])
+    metrics = train_hf.main(args + ["--fusion", "text_only", "--num_train_epochs", "1"])
+    assert metrics["test_samples"] == len(build_mvsa(assets["raw"], num_proc=1)["test"])
+
+
+def test_backbone_and_head_learning_rates_are_set_apart(assets, tmp_path):
+    model_args, data_args, training_args = train_hf.parse_args(
+        tiny_args(assets, tmp_path / "run", "--fusion", "cmac", "--freeze_vision_backbone", "true",
+                  "--text_learning_rate", "5e-6", "--head_learning_rate", "5e-5", "--eval_strategy", "no",
+                  "--load_best_model_at_end", "false"))
+    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    trainer = MmsaTrainer(model=model, args=training_args, learning_rates={"text": 5e-6, "vision": 7e-6, "head": 5e-5})
+    optimizer = trainer.create_optimizer()
+    by_id = {id(p): (g["group_name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    for name, parameter in model.named_parameters():
+        if ".vision_model." in f".{name}":
+            assert id(parameter) not in by_id  # frozen: not optimised at all
+            continue
+        group, lr, decay = by_id[id(parameter)]
+        assert (group, lr) == (("text", 5e-6) if ".text_model." in f".{name}" else ("head", 5e-5))
+        assert decay == (0.0 if ("bias" in name or "LayerNorm" in name or "norm" in name) else 0.01), name
+
+
+def test_local_evaluate_module():
+    metric = load_sentiment_metrics()
+    predictions, references = [0, 2, 1, 2, 2, 0], [0, 2, 2, 2, 1, 1]
+    result = metric.compute(predictions=predictions, references=references, labels=["negative", "neutral", "positive"])
+    assert result["accuracy"] == pytest.approx(accuracy_score(references, predictions))
+    assert result["macro_f1"] == pytest.approx(f1_score(references, predictions, average="macro"))
+    assert result["weighted_f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
+    assert result["f1_positive"] == pytest.approx(f1_score(references, predictions, average=None)[2])
+
+
+def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_path, monkeypatch):
+    model_args, data_args, _ = train_hf.parse_args(tiny_args(assets, tmp_path / "run", "--fusion", "hstec",
+                                                              "--freeze_vision_backbone", "true"))
+    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    split = build_mvsa(assets["raw"], num_proc=1)["validation"]
+    vision = model.mmsa.vision_model
+    calls = []
+    real_compute = compute_image_features
+    monkeypatch.setattr("mmsa.feature_cache.compute_image_features",
+                        lambda *a, **k: calls.append(1) or real_compute(*a, **k))
+    first = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    again = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    assert len(calls) == 1 and first.path == again.path
+
+    # The cached rows are exactly what the tower computes with the eval transform.
+    rows = first.rows([0, 3])
+    with torch.no_grad():
+        pooled, tokens = model.mmsa.encode_image(processor(images=[split[0]["image"], split[3]["image"]])["pixel_values"])
+    torch.testing.assert_close(torch.stack(rows["image_features"]), pooled)
+    torch.testing.assert_close(torch.stack(rows["image_tokens"]), tokens)
+
+    # Same logits whether the model reads cached features or runs the frozen tower.
+    dataset = split.add_column("feature_row", list(range(len(split))))
+    cached_batch = MmsaDataCollator(processor)([
+        dataset.with_transform(make_transform(processor, False, 32, cached_features=first))[i] for i in (0, 3)])
+    plain_batch = MmsaDataCollator(processor)([
+        split.with_transform(make_transform(processor, False, 32))[i] for i in (0, 3)])
+    model.eval()
+    with torch.no_grad():
+        cached_batch.pop("labels"), plain_batch.pop("labels")
+        torch.testing.assert_close(model(**cached_batch).logits, model(**plain_batch).logits)
+
+    # New tower weights or a new transform: new features.
+    with torch.no_grad():
+        next(vision.parameters()).add_(1.0)
+    changed = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    assert len(calls) == 2 and changed.path != first.path
+    processor.image_processor.__init__(pretrained_cfg={**processor.image_processor.pretrained_cfg,
+                                                       "input_size": (3, 48, 48)})
+    resized = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    assert len(calls) == 3 and resized.path not in (first.path, changed.path)
+
+
+def test_accelerate_launch_cpu_two_processes(assets, tmp_path):
+    output_dir = tmp_path / "ddp"
+    args = tiny_args(assets, output_dir, "--fusion", "hstec", "--num_train_epochs", "2",
+                     "--freeze_vision_backbone", "true")
+    accelerate = shutil.which("accelerate")
+    launcher = (accelerate,) if accelerate else (sys.executable, "-m", "accelerate.commands.launch")
+    run = run_script(["launch"] * bool(accelerate) + [
+        "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "29517", "train_hf.py", *args], launcher=launcher)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    log = run.stdout + run.stderr
+    assert "Process rank: 0" in log and "Process rank: 1" in log and "distributed: True" in log
+    assert "unused parameters" not in log.lower()
+    train_size = len(build_mvsa(assets["raw"], num_proc=1)["train"])
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 * -(-train_size // (8 * 2))  # each step takes 8 posts on each of 2 processes
+    assert len(list(output_dir.glob("model*.safetensors"))) == 1
+    assert AutoModelForSequenceClassification.from_pretrained(output_dir).config.fusion == "hstec"
+
+
+KILLING_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    import train_hf
+    from transformers import TrainerCallback
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= int(os.environ["KILL_AT_STEP"]):
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind
+
+    class Trainer(train_hf.MmsaTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KillAfterCheckpoint())
+
+    train_hf.MmsaTrainer = Trainer
+    train_hf.main(sys.argv[1:])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_result(assets, tmp_path):
+    common = ["--fusion", "cmac", "--num_train_epochs", "4", "--early_stopping_patience", "0", "--seed", "5"]
+    reference = run_script(["train_hf.py", *tiny_args(assets, tmp_path / "a", *common)])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    steps_per_epoch = json.loads((tmp_path / "a" / "trainer_state.json").read_text())["global_step"] // 4
+    killed = run_script(["-c", KILLING_RUN, *tiny_args(assets, tmp_path / "b", *common)],
+                        env_extra={"KILL_AT_STEP": str(2 * steps_per_epoch)})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "test_results.json").exists()
+    assert (tmp_path / "b" / f"checkpoint-{2 * steps_per_epoch}").is_dir()
+
+    resumed = run_script(["train_hf.py", *tiny_args(assets, tmp_path / "b", *common)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming training" in (resumed.stdout + resumed.stderr).lower()
+
+    def results(name):
+        values = json.loads((tmp_path / name / "test_results.json").read_text())
+        return {k: v for k, v in values.items() if "runtime" not in k and "per_second" not in k}
+
+    assert results("a") == results("b")
+    history = [json.loads((tmp_path / n / "trainer_state.json").read_text())["log_history"] for n in ("a", "b")]
+    strip = [[{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in h] for h in history]
+    assert strip[0][:-1] == strip[1][:-1]  # every per-epoch loss and validation metric
