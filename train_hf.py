@@ -33,7 +33,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_
 
 from mmsa import FUSION_STRATEGIES, MmsaConfig, MmsaForSequenceClassification, MmsaProcessor
 from mmsa.data import LABELS, load_mvsa
-from mmsa.feature_cache import cache_split_features
+from mmsa.feature_cache import cache_image_features, cache_text_features
 from mmsa.training import MmsaDataCollator, MmsaTrainer, build_compute_metrics, make_transform, write_test_report
 
 
@@ -55,6 +55,7 @@ class ModelArguments:
         metadata={"help": "Continue from a saved MMSA model folder (overrides the tower and fusion arguments)."},
     )
     fusion: str = field(default="ote", metadata={"help": f"Fusion strategy, one of {', '.join(FUSION_STRATEGIES)}."})
+    text_pooling: str = field(default="pooler", metadata={"help": "Sentence vector of the text tower: pooler|mean|cls."})
     fusion_hidden_size: int = field(default=64, metadata={"help": "Width d of the projected features."})
     fusion_num_heads: int = field(default=8, metadata={"help": "Attention heads of the fusion layers."})
     fusion_num_layers: int = field(default=1, metadata={"help": "Transformer layers of hstec / ote / mm_transformer."})
@@ -85,12 +86,14 @@ class DataArguments:
     max_text_length: int = field(default=128, metadata={"help": "Texts are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training posts."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation/test posts."})
-    cache_image_features: bool = field(
+    cache_frozen_features: bool = field(
         default=True,
-        metadata={"help": "With a frozen image tower, compute its features once and reuse them from disk."},
+        metadata={"help": "Compute a frozen tower's features once per post and reuse them from disk (frozen image "
+                          "towers then see the deterministic eval transform: no augmentation)."},
     )
     feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where cached image features live (default: $MMSA_CACHE or ~/.cache/mmsa)."}
+        default=None, metadata={"help": "Where cached features live (default: $MMSA_CACHE/features or "
+                                        "~/.cache/mmsa/features)."}
     )
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many evaluations without improvement (0: never)."}
@@ -159,7 +162,7 @@ def build_model_and_processor(model_args, data_args, class_weights):
         return model, processor
     config_kwargs = {
         name: getattr(model_args, name)
-        for name in ("fusion", "fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "projection_dropout",
+        for name in ("fusion", "text_pooling", "fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "projection_dropout",
                      "attention_dropout", "classifier_dropout", "classifier_hidden_size", "freeze_text_backbone",
                      "freeze_vision_backbone")
     }
@@ -244,21 +247,30 @@ def main(argv=None):
     model, processor = build_model_and_processor(model_args, data_args, class_weights)
     config: MmsaConfig = model.config
 
-    # Frozen image tower: its features are computed once per image and read from disk afterwards.
-    cached = {}
-    if config.uses_vision and config.freeze_vision_backbone and data_args.cache_image_features:
-        vision_model = model.mmsa.vision_model.to(training_args.device)
+    # Frozen towers: their features are computed once per post and read from disk afterwards.
+    caches = {name: {} for name in dataset}
+    if data_args.cache_frozen_features:
+        cache_text = config.uses_text and config.freeze_text_backbone
+        cache_images = config.uses_vision and config.freeze_vision_backbone
+        if cache_text or cache_images:
+            model.mmsa.to(training_args.device)
         for name in dataset:
-            with training_args.main_process_first(desc=f"caching image features ({name})"):
-                cached[name] = cache_split_features(vision_model, processor.image_processor, dataset[name],
-                                                    with_tokens=config.uses_tokens,
-                                                    cache_dir=data_args.feature_cache_dir)
-            dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
+            with training_args.main_process_first(desc=f"caching frozen features ({name})"):
+                if cache_text:
+                    caches[name]["text_cache"] = cache_text_features(
+                        model.mmsa, processor.tokenizer, dataset[name], data_args.max_text_length,
+                        with_tokens=config.uses_tokens, cache_dir=data_args.feature_cache_dir)
+                if cache_images:
+                    caches[name]["image_cache"] = cache_image_features(
+                        model.mmsa, processor.image_processor, dataset[name], with_tokens=config.uses_tokens,
+                        cache_dir=data_args.feature_cache_dir)
+            if caches[name]:
+                dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
 
     def prepared(name, training):
         return dataset[name].with_transform(make_transform(
             processor, training=training, max_length=data_args.max_text_length, use_text=config.uses_text,
-            use_images=config.uses_vision, cached_features=cached.get(name)))
+            use_images=config.uses_vision, **caches[name]))
 
     callbacks = []
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:

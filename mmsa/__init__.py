@@ -12,9 +12,11 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_mmsa import FUSION_STRATEGIES, MmsaConfig
 from .modeling_mmsa import MmsaForSequenceClassification, MmsaModel, MmsaModelOutput, MmsaPreTrainedModel
+from .pipeline_mmsa import MultimodalSentimentPipeline
 from .processing_mmsa import MmsaImageProcessor, MmsaProcessor, load_rgb_image
 
 
@@ -25,6 +27,13 @@ AutoModel.register(MmsaConfig, MmsaModel, exist_ok=True)
 AutoModelForSequenceClassification.register(MmsaConfig, MmsaForSequenceClassification, exist_ok=True)
 AutoImageProcessor.register(MmsaConfig, image_processor_classes={"pil": MmsaImageProcessor, "torchvision": MmsaImageProcessor}, exist_ok=True)
 AutoProcessor.register(MmsaConfig, MmsaProcessor, exist_ok=True)
+
+PIPELINE_REGISTRY.register_pipeline(
+    "multimodal-sentiment",
+    pipeline_class=MultimodalSentimentPipeline,
+    pt_model=AutoModelForSequenceClassification,
+    type="multimodal",
+)
 
 MmsaConfig.register_for_auto_class()
 MmsaModel.register_for_auto_class("AutoModel")
@@ -41,5 +50,6 @@ __all__ = [
     "MmsaModelOutput",
     "MmsaPreTrainedModel",
     "MmsaProcessor",
+    "MultimodalSentimentPipeline",
     "load_rgb_image",
 ]

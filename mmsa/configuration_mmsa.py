@@ -26,6 +26,8 @@ VISION_FUSIONS = tuple(f for f in FUSION_STRATEGIES if f != "text_only")
 TOKEN_FUSIONS = ("cmac", "hstec", "mm_transformer")
 """Fusion strategies that consume token sequences (text token states and image feature-map tokens)."""
 
+TEXT_POOLINGS = ("pooler", "mean", "cls")
+
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 
 
@@ -46,6 +48,10 @@ class MmsaConfig(PreTrainedConfig):
             How text and image features are fused, one of `FUSION_STRATEGIES`: the paper's `naive_cat`,
             `naive_combine`, `cmac`, `hstec`, `ote`, its unimodal baselines `text_only` and `image_only`, and
             `mm_transformer`. See `modeling_mmsa` for what each one computes.
+        text_pooling (`str`, *optional*, defaults to `"pooler"`):
+            How the text tower's sentence vector is taken: `"pooler"` (its pooled output, as BERT's `[CLS]` pooler in
+            the paper; a masked mean when the tower has no pooler), `"mean"` (masked mean of the token states, how
+            sentence-transformers models such as all-MiniLM-L6-v2 are trained) or `"cls"` (the first token state).
         fusion_hidden_size (`int`, *optional*, defaults to 64):
             Width `d` that text and image features are projected to before fusion.
         fusion_num_heads (`int`, *optional*, defaults to 8):
@@ -91,6 +97,7 @@ class MmsaConfig(PreTrainedConfig):
     text_config: PreTrainedConfig | dict | None = None
     vision_config: PreTrainedConfig | dict | None = None
     fusion: str = "ote"
+    text_pooling: str = "pooler"
     fusion_hidden_size: int = 64
     fusion_num_heads: int = 8
     fusion_num_layers: int = 1
@@ -113,6 +120,8 @@ class MmsaConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.fusion not in FUSION_STRATEGIES:
             raise ValueError(f"`fusion` must be one of {FUSION_STRATEGIES}, got {self.fusion!r}.")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"`text_pooling` must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}.")
         for name in ("fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "classifier_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")

@@ -1,12 +1,14 @@
-"""On-disk cache of a frozen image tower's outputs.
+"""On-disk cache of frozen towers' outputs.
 
-When the vision backbone is frozen its output for an image never changes, so it is computed once (with the
-deterministic eval transform) and reused in every epoch and every run. A cache file holds the pooled features
-`(N, C)` and, for fusions that use them, the feature-map tokens `(N, h*w, C)` of one dataset split. It is keyed by
+A frozen tower's output for a post never changes, so it is computed once and reused in every epoch and every run.
+One cache file holds one dataset split's features from one tower: for the image tower its pooled features `(N, C)`
+and, for fusions that use them, its feature-map tokens `(N, h*w, C)` (computed with the deterministic eval
+transform); for the text tower its pooled features `(N, H)` and token states `(N, L, H)` with their lengths. A file
+is keyed by
 
-- the tower: a hash of its architecture and every weight and buffer,
-- the transform: timm's resolved data config (size, crop, interpolation, mean, std),
-- the images: a hash of every image's bytes, in order,
+- the tower: a hash of its config (architecture, pooling) and every weight and buffer,
+- the preprocessing: timm's resolved data config, or the tokenizer's vocabulary and the maximum length,
+- the inputs: a hash of every image's bytes or every text, in order,
 
 so changing any of them computes new features instead of reusing stale ones.
 """
@@ -30,87 +32,141 @@ logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MMSA_CACHE", Path.home() / ".cache" / "mmsa")) / "image_features"
+    return Path(os.environ.get("MMSA_CACHE", Path.home() / ".cache" / "mmsa")) / "features"
 
 
-def tower_fingerprint(vision_model, data_config: dict, with_tokens: bool) -> str:
+def _digest(*parts):
     digest = hashlib.sha256()
-    digest.update(json.dumps({"architecture": vision_model.config.architecture, "data": data_config,
-                              "tokens": with_tokens}, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vision_model.state_dict().items()):
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return digest
+
+
+def tower_fingerprint(tower, settings: dict) -> str:
+    """Hash of a tower's weights and buffers plus the settings that shape its inputs and outputs."""
+    digest = _digest(settings)
+    for name, tensor in sorted(tower.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
 
 
 def images_fingerprint(split) -> str:
-    digest = hashlib.sha256()
-    raw = split.cast_column("image", ImageFeature(decode=False))
-    for image in raw["image"]:
+    digest = _digest("images")
+    for image in split.cast_column("image", ImageFeature(decode=False))["image"]:
         data = image["bytes"] if image["bytes"] is not None else Path(image["path"]).read_bytes()
         digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()[:24]
 
 
-class CachedImageFeatures:
-    """Feature rows of one split, read lazily from a safetensors file (each dataloader worker opens its own)."""
+def texts_fingerprint(split) -> str:
+    digest = _digest("texts")
+    for text in split["text"]:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return digest.hexdigest()[:24]
 
-    def __init__(self, path: Path, with_tokens: bool):
-        self.path = Path(path)
-        self.with_tokens = with_tokens
+
+class CachedFeatures:
+    """Feature rows of one split, read lazily from a safetensors file (each dataloader worker opens its own).
+
+    `kind="image"` gives `image_features` (+ `image_tokens`); `kind="text"` gives `text_features` (+ `text_tokens`
+    trimmed to each post's length, with its `attention_mask`).
+    """
+
+    def __init__(self, path: Path, kind: str, with_tokens: bool):
+        self.path, self.kind, self.with_tokens = Path(path), kind, with_tokens
         self._file = None
 
-    def rows(self, indices) -> dict[str, list[torch.Tensor]]:
+    def rows(self, indices) -> dict[str, list]:
         if self._file is None:
             self._file = safe_open(str(self.path), framework="pt")
-        out = {"image_features": [self._file.get_slice("pooled")[int(i)] for i in indices]}
+        indices = [int(i) for i in indices]
+        out = {f"{self.kind}_features": [self._file.get_slice("pooled")[i] for i in indices]}
         if self.with_tokens:
-            out["image_tokens"] = [self._file.get_slice("tokens")[int(i)] for i in indices]
+            tokens = [self._file.get_slice("tokens")[i] for i in indices]
+            if self.kind == "text":
+                lengths = [int(self._file.get_slice("lengths")[i]) for i in indices]
+                tokens = [t[:n] for t, n in zip(tokens, lengths)]
+                out["attention_mask"] = [[1] * n for n in lengths]
+            out[f"{self.kind}_tokens"] = tokens
         return out
 
     def __getstate__(self):  # picklable for dataloader workers and datasets fingerprinting
-        return {"path": self.path, "with_tokens": self.with_tokens, "_file": None}
+        return {"path": self.path, "kind": self.kind, "with_tokens": self.with_tokens, "_file": None}
 
 
 @torch.no_grad()
-def compute_image_features(vision_model, image_processor, split, with_tokens: bool, batch_size: int = 64):
-    """Runs the tower over a split's images with the eval transform; returns `{"pooled", "tokens"?}` tensors."""
-    vision_model.eval()
-    device = next(vision_model.parameters()).device
+def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool, batch_size: int = 64):
+    """Runs the image tower over a split with the eval transform: `{"pooled", "tokens"?}`."""
+    mmsa_model.eval()
+    device = next(mmsa_model.vision_model.parameters()).device
     pooled, tokens = [], []
     for start in range(0, len(split), batch_size):
         images = split[start : start + batch_size]["image"]
-        pixels = torch.stack([image_processor.eval_transform(load_rgb_image(image)) for image in images]).to(device)
-        output = vision_model(pixel_values=pixels)
-        pooled.append(output.pooler_output.float().cpu())
+        pixels = torch.stack([image_processor.eval_transform(load_rgb_image(image)) for image in images])
+        batch_pooled, batch_tokens = mmsa_model.encode_image(pixels.to(device))
+        pooled.append(batch_pooled.float().cpu())
         if with_tokens:
-            feature_map = output.last_hidden_state
-            feature_map = feature_map.flatten(2).transpose(1, 2) if feature_map.ndim == 4 else feature_map
-            tokens.append(feature_map.float().cpu())
-    result = {"pooled": torch.cat(pooled).contiguous()}
+            tokens.append(batch_tokens.float().cpu())
+    result = {"pooled": torch.cat(pooled)}
     if with_tokens:
-        result["tokens"] = torch.cat(tokens).contiguous()
+        result["tokens"] = torch.cat(tokens)
     return result
 
 
-def cache_split_features(vision_model, image_processor, split, with_tokens: bool, cache_dir=None,
-                         is_main_process: bool = True, wait=None) -> CachedImageFeatures:
-    """Returns the cached features of `split`, computing and writing them first if no valid cache exists.
+@torch.no_grad()
+def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, batch_size: int = 64):
+    """Runs the text tower over a split: `{"pooled", "tokens"?, "lengths"?}`, tokens zero-padded to the longest."""
+    mmsa_model.eval()
+    device = next(mmsa_model.text_model.parameters()).device
+    pooled, tokens, lengths = [], [], []
+    for start in range(0, len(split), batch_size):
+        texts = list(split[start : start + batch_size]["text"])
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        encoded = {k: v.to(device) for k, v in encoded.items()}
+        batch_pooled, batch_tokens = mmsa_model.encode_text(
+            encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"))
+        pooled.append(batch_pooled.float().cpu())
+        if with_tokens:
+            tokens.extend(batch_tokens.float().cpu().unbind(0))
+            lengths.append(encoded["attention_mask"].sum(dim=1).cpu())
+    result = {"pooled": torch.cat(pooled)}
+    if with_tokens:
+        result["tokens"] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)  # to the longest in the split
+        result["lengths"] = torch.cat(lengths)
+    return result
 
-    In distributed runs only the main process computes; the others `wait()` (a barrier) and then read the file.
-    """
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = tower_fingerprint(vision_model, image_processor.data_config, with_tokens)
-    path = cache_dir / key / f"{images_fingerprint(split)}.safetensors"
-    if is_main_process and not path.is_file():
-        logger.info("Computing frozen image features for %d images -> %s", len(split), path)
-        tensors = compute_image_features(vision_model, image_processor, split, with_tokens)
+
+def _cached(path: Path, compute, kind: str, with_tokens: bool) -> CachedFeatures:
+    if path.is_file():
+        logger.info("Reusing cached %s features %s", kind, path)
+    else:
+        logger.info("Computing frozen %s features -> %s", kind, path)
+        tensors = {name: tensor.contiguous() for name, tensor in compute().items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(partial), metadata={"rows": str(len(split))})
+        save_file(tensors, str(partial))
         partial.replace(path)  # atomic: a killed run never leaves a half-written cache
-    elif path.is_file():
-        logger.info("Reusing cached image features %s", path)
-    if wait is not None:
-        wait()
-    return CachedImageFeatures(path, with_tokens)
+    return CachedFeatures(path, kind, with_tokens)
+
+
+def cache_image_features(mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None) -> CachedFeatures:
+    """The frozen image tower's features of `split`, computed on first use."""
+    tower = mmsa_model.vision_model
+    key = tower_fingerprint(tower, {"architecture": tower.config.architecture, "data": image_processor.data_config,
+                                    "tokens": with_tokens})
+    path = Path(cache_dir or default_cache_dir()) / "image" / key / f"{images_fingerprint(split)}.safetensors"
+    return _cached(path, lambda: compute_image_features(mmsa_model, image_processor, split, with_tokens), "image",
+                   with_tokens)
+
+
+def cache_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool,
+                        cache_dir=None) -> CachedFeatures:
+    """The frozen text tower's features of `split`, computed on first use."""
+    vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+    key = tower_fingerprint(mmsa_model.text_model, {
+        "pooling": mmsa_model.config.text_pooling, "vocabulary": vocabulary, "max_length": max_length,
+        "lower_case": getattr(tokenizer, "do_lower_case", None), "tokens": with_tokens})
+    path = Path(cache_dir or default_cache_dir()) / "text" / key / f"{texts_fingerprint(split)}.safetensors"
+    return _cached(path, lambda: compute_text_features(mmsa_model, tokenizer, split, max_length, with_tokens), "text",
+                   with_tokens)

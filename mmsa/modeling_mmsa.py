@@ -12,7 +12,9 @@ published with it, with these differences from that code:
 - the text tower's pooled output falls back to a masked mean of its token states when the tower has no pooler.
 """
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,6 +31,14 @@ AUTO_MAP = {
     "AutoConfig": "configuration_mmsa.MmsaConfig",
     "AutoModel": "modeling_mmsa.MmsaModel",
     "AutoModelForSequenceClassification": "modeling_mmsa.MmsaForSequenceClassification",
+}
+PIPELINE_FILE = "pipeline_mmsa.py"
+CUSTOM_PIPELINES = {
+    "multimodal-sentiment": {
+        "impl": "pipeline_mmsa.MultimodalSentimentPipeline",
+        "pt": ["AutoModelForSequenceClassification"],
+        "type": "multimodal",
+    }
 }
 
 
@@ -143,9 +153,15 @@ class MmsaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MmsaEncoderLayer"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # Saved folders load with every Auto class, whichever head class was saved.
+        # Saved folders load with every Auto class, whichever head class was saved, and with the
+        # `multimodal-sentiment` pipeline (its code file travels beside the model code).
         if self._auto_class is not None:
             self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+            pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
+            if pipeline_file.is_file():
+                Path(save_directory).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(pipeline_file, Path(save_directory) / PIPELINE_FILE)
+                self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module):
@@ -246,7 +262,9 @@ class MmsaModel(MmsaPreTrainedModel):
             )
         tokens = outputs.last_hidden_state
         pooled = getattr(outputs, "pooler_output", None)
-        if pooled is None:
+        if self.config.text_pooling == "cls":
+            pooled = tokens[:, 0]
+        elif self.config.text_pooling == "mean" or pooled is None:
             pooled = masked_mean(tokens, attention_mask)
         return pooled, tokens
 
@@ -269,6 +287,8 @@ class MmsaModel(MmsaPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_tokens: torch.FloatTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
+        text_tokens: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -280,23 +300,31 @@ class MmsaModel(MmsaPreTrainedModel):
         image_features / image_tokens (*optional*):
             Precomputed outputs of `encode_image` (pooled `(B, C)` and tokens `(B, N, C)`), used instead of
             `pixel_values`: a frozen image tower's features can be computed once and cached.
+        text_features / text_tokens (*optional*):
+            Precomputed outputs of `encode_text` (pooled `(B, H)` and token states `(B, L, H)`, with
+            `attention_mask` marking the real tokens), used instead of `input_ids` for a frozen text tower.
         output_attentions (`bool`, *optional*): return the fusion layers' attention weights.
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         return_dict = return_dict if return_dict is not None else config.return_dict
-        text = text_tokens = text_mask = image = img_tokens = None
+        text = text_mask = image = img_tokens = None
 
         if config.uses_text:
-            if input_ids is None:
-                raise ValueError(f"fusion={config.fusion!r} needs `input_ids`.")
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            pooled, states = self.encode_text(input_ids, attention_mask, token_type_ids)
-            text = self.text_projection(pooled)
-            text_mask = attention_mask.bool()
+            if text_features is None:
+                if input_ids is None:
+                    raise ValueError(f"fusion={config.fusion!r} needs `input_ids` (or precomputed text features).")
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                text_features, text_tokens = self.encode_text(input_ids, attention_mask, token_type_ids)
+            text = self.text_projection(text_features)
             if config.uses_tokens:
-                text_tokens = self.text_projection(states)
+                if text_tokens is None:
+                    raise ValueError(f"fusion={config.fusion!r} needs `text_tokens` along with `text_features`.")
+                if attention_mask is None:
+                    attention_mask = torch.ones(text_tokens.shape[:2], dtype=torch.long, device=text_tokens.device)
+                text_mask = attention_mask.bool()
+                text_tokens = self.text_projection(text_tokens)
         if config.uses_vision:
             if image_features is None:
                 if pixel_values is None:
@@ -461,6 +489,8 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_tokens: torch.FloatTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
+        text_tokens: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -478,6 +508,8 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
             pixel_values=pixel_values,
             image_features=image_features,
             image_tokens=image_tokens,
+            text_features=text_features,
+            text_tokens=text_tokens,
             output_attentions=output_attentions,
             return_dict=True,
         )

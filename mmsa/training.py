@@ -19,40 +19,50 @@ PARAMETER_GROUPS = ("text", "vision", "head")
 
 
 def make_transform(processor, training: bool, max_length: int, use_text: bool = True, use_images: bool = True,
-                   cached_features=None):
+                   text_cache=None, image_cache=None):
     """A `Dataset.with_transform` function: tokenises texts (unpadded; the collator pads) and turns images into
-    `pixel_values` (random augmentation only when `training`), or reads cached image features by `feature_row`."""
+    `pixel_values` (random augmentation only when `training`); a frozen tower's inputs are replaced by its cached
+    features, read by the `feature_row` column."""
 
     def transform(batch):
         out = {"labels": list(batch["label"])}
         if use_text:
-            encoded = processor.tokenizer(list(batch["text"]), truncation=True, max_length=max_length)
-            out.update({key: list(values) for key, values in encoded.items()})
-        if use_images:
-            if cached_features is not None:
-                out.update(cached_features.rows(batch["feature_row"]))
+            if text_cache is not None:
+                out.update(text_cache.rows(batch["feature_row"]))
             else:
-                transform_fn = processor.image_processor.train_transform if training else \
+                encoded = processor.tokenizer(list(batch["text"]), truncation=True, max_length=max_length)
+                out.update({key: list(values) for key, values in encoded.items()})
+        if use_images:
+            if image_cache is not None:
+                out.update(image_cache.rows(batch["feature_row"]))
+            else:
+                image_transform = processor.image_processor.train_transform if training else \
                     processor.image_processor.eval_transform
-                out["pixel_values"] = [transform_fn(load_rgb_image(image)) for image in batch["image"]]
+                out["pixel_values"] = [image_transform(load_rgb_image(image)) for image in batch["image"]]
         return out
 
     return transform
 
 
 class MmsaDataCollator:
-    """Pads the token ids with the processor's tokenizer and stacks images / cached features and labels."""
+    """Pads token ids (with the processor's tokenizer) or cached text token states, and stacks images, cached image
+    features and labels."""
 
     def __init__(self, processor):
         self.processor = processor
 
     def __call__(self, features: list[dict]) -> dict:
         batch = {}
-        text_keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in features[0]]
-        if text_keys:
+        if "input_ids" in features[0]:
+            text_keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in features[0]]
             batch.update(self.processor.tokenizer.pad([{k: f[k] for k in text_keys} for f in features],
                                                       return_tensors="pt"))
-        for key in ("pixel_values", "image_features", "image_tokens"):
+        elif "text_tokens" in features[0]:
+            tokens = [torch.as_tensor(f["text_tokens"]) for f in features]
+            batch["text_tokens"] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
+            batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(
+                [torch.as_tensor(f["attention_mask"], dtype=torch.long) for f in features], batch_first=True)
+        for key in ("text_features", "pixel_values", "image_features", "image_tokens"):
             if key in features[0]:
                 batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)

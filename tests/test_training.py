@@ -18,7 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 import train_hf
 from mmsa.data import build_mvsa
-from mmsa.feature_cache import cache_split_features, compute_image_features
+from mmsa import feature_cache
+from mmsa.feature_cache import cache_image_features, cache_text_features
 from mmsa.metrics import load_sentiment_metrics
 from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa, write_tiny_towers
 from mmsa.training import MmsaDataCollator, MmsaTrainer, make_transform
@@ -129,13 +130,11 @@ def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_pat
                                                               "--freeze_vision_backbone", "true"))
     model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
     split = build_mvsa(assets["raw"], num_proc=1)["validation"]
-    vision = model.mmsa.vision_model
     calls = []
-    real_compute = compute_image_features
-    monkeypatch.setattr("mmsa.feature_cache.compute_image_features",
-                        lambda *a, **k: calls.append(1) or real_compute(*a, **k))
-    first = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
-    again = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    real_compute = feature_cache.compute_image_features
+    monkeypatch.setattr(feature_cache, "compute_image_features", lambda *a, **k: calls.append(1) or real_compute(*a, **k))
+    first = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    again = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     assert len(calls) == 1 and first.path == again.path
 
     # The cached rows are exactly what the tower computes with the eval transform.
@@ -146,25 +145,58 @@ def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_pat
     torch.testing.assert_close(torch.stack(rows["image_tokens"]), tokens)
 
     # Same logits whether the model reads cached features or runs the frozen tower.
-    dataset = split.add_column("feature_row", list(range(len(split))))
-    cached_batch = MmsaDataCollator(processor)([
-        dataset.with_transform(make_transform(processor, False, 32, cached_features=first))[i] for i in (0, 3)])
-    plain_batch = MmsaDataCollator(processor)([
-        split.with_transform(make_transform(processor, False, 32))[i] for i in (0, 3)])
-    model.eval()
-    with torch.no_grad():
-        cached_batch.pop("labels"), plain_batch.pop("labels")
-        torch.testing.assert_close(model(**cached_batch).logits, model(**plain_batch).logits)
+    assert_same_logits(model, processor, split, image_cache=first)
 
     # New tower weights or a new transform: new features.
     with torch.no_grad():
-        next(vision.parameters()).add_(1.0)
-    changed = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+        next(model.mmsa.vision_model.parameters()).add_(1.0)
+    changed = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     assert len(calls) == 2 and changed.path != first.path
     processor.image_processor.__init__(pretrained_cfg={**processor.image_processor.pretrained_cfg,
                                                        "input_size": (3, 48, 48)})
-    resized = cache_split_features(vision, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
+    resized = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     assert len(calls) == 3 and resized.path not in (first.path, changed.path)
+
+
+def assert_same_logits(model, processor, split, **caches):
+    indexed = split.add_column("feature_row", list(range(len(split))))
+    collate = MmsaDataCollator(processor)
+    rows = [0, 3, 5]
+    cached = collate([indexed.with_transform(make_transform(processor, False, 32, **caches))[i] for i in rows])
+    plain = collate([split.with_transform(make_transform(processor, False, 32))[i] for i in rows])
+    assert any(key.endswith(("_features", "_tokens")) for key in cached)
+    model.eval()
+    with torch.no_grad():
+        cached.pop("labels"), plain.pop("labels")
+        torch.testing.assert_close(model(**cached).logits, model(**plain).logits, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("fusion", ["mm_transformer", "ote"])
+def test_frozen_text_features_are_cached_and_equivalent(assets, tmp_path, fusion):
+    model_args, data_args, _ = train_hf.parse_args(tiny_args(
+        assets, tmp_path / "run", "--fusion", fusion, "--freeze_text_backbone", "true",
+        "--freeze_vision_backbone", "true", "--text_pooling", "mean", "--max_text_length", "32"))
+    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    split = build_mvsa(assets["raw"], num_proc=1)["train"]
+    with_tokens = model.config.uses_tokens
+    text_cache = cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens, tmp_path / "cache")
+    image_cache = cache_image_features(model.mmsa, processor.image_processor, split, with_tokens, tmp_path / "cache")
+    rows = text_cache.rows([1])
+    if with_tokens:
+        assert len(rows["attention_mask"][0]) == len(processor.tokenizer(split[1]["text"])["input_ids"])
+        assert rows["text_tokens"][0].shape == (len(rows["attention_mask"][0]), 32)
+    assert_same_logits(model, processor, split, text_cache=text_cache, image_cache=image_cache)
+    # Another pooling is another cache.
+    model.config.text_pooling = "cls"
+    assert cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens,
+                               tmp_path / "cache").path != text_cache.path
+
+
+def test_training_on_cached_features_of_both_towers(assets, tmp_path):
+    metrics = train_hf.main(tiny_args(assets, tmp_path / "run", "--fusion", "cmac", "--num_train_epochs", "2",
+                                      "--freeze_text_backbone", "true", "--freeze_vision_backbone", "true"))
+    assert 0 <= metrics["test_accuracy"] <= 1
+    assert len(list((tmp_path / "feature_cache").rglob("*.safetensors"))) == 6  # 3 splits x 2 towers
 
 
 def test_accelerate_launch_cpu_two_processes(assets, tmp_path):

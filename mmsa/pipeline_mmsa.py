@@ -1,0 +1,61 @@
+"""The `multimodal-sentiment` pipeline: `{"text": ..., "image": ...}` in, `{"label", "score"}` out."""
+
+import torch
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+from .processing_mmsa import load_rgb_image
+
+
+class MultimodalSentimentPipeline(Pipeline):
+    """Classifies image + text posts.
+
+    ```python
+    >>> from transformers import pipeline
+    >>> classifier = pipeline("multimodal-sentiment", model="path/or/repo", trust_remote_code=True)
+    >>> classifier({"text": "what a day #sunny", "image": "photo.jpg"})
+    [{'label': 'positive', 'score': 0.91}]
+    >>> classifier([post_a, post_b], batch_size=16, top_k=None)  # every label, for each post
+    ```
+
+    `image` is a PIL image, a file path or an http(s) URL; a model built for one modality (`text_only`,
+    `image_only`) needs only that key. `top_k=1` (default) gives the best label, `top_k=None` all labels.
+    """
+
+    _load_processor = True
+    _load_tokenizer = True
+    _load_image_processor = True
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(self, top_k="", **kwargs):
+        postprocess = {}
+        if top_k != "":
+            postprocess["top_k"] = top_k
+        return {}, {}, postprocess
+
+    def preprocess(self, inputs):
+        if not isinstance(inputs, dict):
+            raise TypeError(f"Each input is a dict with 'text' and 'image', got {type(inputs).__name__}.")
+        config = self.model.config
+        text, image = inputs.get("text"), inputs.get("image")
+        if config.uses_text and not (isinstance(text, str) and text.strip()):
+            raise ValueError(f"fusion={config.fusion!r} needs a non-empty 'text', got {text!r}.")
+        if config.uses_vision and image is None:
+            raise ValueError(f"fusion={config.fusion!r} needs an 'image'.")
+        if isinstance(image, str):
+            image = load_image(image)  # a file path or an http(s) URL
+        encoded = self.processor(
+            text=text if config.uses_text else None,
+            images=load_rgb_image(image) if config.uses_vision else None,
+        )
+        return dict(encoded)
+
+    def _forward(self, model_inputs):
+        return {"logits": self.model(**model_inputs).logits}
+
+    def postprocess(self, model_outputs, top_k=1):
+        probabilities = torch.softmax(model_outputs["logits"][0].float(), dim=-1)
+        id2label = self.model.config.id2label
+        ranked = torch.argsort(probabilities, descending=True).tolist()
+        results = [{"label": id2label[i], "score": float(probabilities[i])} for i in ranked]
+        return results if top_k is None else results[:top_k]
