@@ -164,6 +164,44 @@ class MmsaPreTrainedModel(PreTrainedModel):
                 self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_text_vision_pretrained(
+        cls,
+        text_model_name_or_path: str | None = None,
+        vision_model_name_or_path: str | None = None,
+        **config_kwargs,
+    ):
+        """Builds a model (`MmsaModel` or `MmsaForSequenceClassification`) whose towers are loaded from two
+        checkpoints (Hub ids or local folders) and whose fusion layers and heads are new. `config_kwargs` go to
+        `MmsaConfig` (e.g. `fusion="cmac"`).
+
+        The vision checkpoint is a timm model in `TimmWrapper` format (e.g. `timm/resnet50.a1_in1k`); a tower the
+        chosen fusion does not use is not loaded and its path may be `None`.
+        """
+        probe = MmsaConfig(fusion=config_kwargs.get("fusion", MmsaConfig.fusion))
+        text_model = vision_model = None
+        if probe.uses_text:
+            if text_model_name_or_path is None:
+                raise ValueError(f"fusion={probe.fusion!r} needs `text_model_name_or_path`.")
+            text_model = AutoModel.from_pretrained(text_model_name_or_path)
+            config_kwargs["text_config"] = text_model.config
+        if probe.uses_vision:
+            if vision_model_name_or_path is None:
+                raise ValueError(f"fusion={probe.fusion!r} needs `vision_model_name_or_path`.")
+            vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+            if vision_config.model_type != "timm_wrapper":
+                raise ValueError(
+                    f"{vision_model_name_or_path} is a {vision_config.model_type!r} checkpoint; the image tower must be a "
+                    "timm model in TimmWrapper format (config.json with `architecture`), e.g. `timm/resnet50.a1_in1k`."
+                )
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+            config_kwargs["vision_config"] = vision_model.config
+        config = MmsaConfig(**config_kwargs)
+        model = cls(config, text_model=text_model, vision_model=vision_model)
+        logger.info("Towers loaded from %s and %s; the fusion layers are newly initialised.", text_model_name_or_path,
+                    vision_model_name_or_path)
+        return model
+
     def _init_weights(self, module):
         """Initialises the fusion layers only: the towers are `PreTrainedModel`s that initialise themselves (and are
         skipped entirely when their weights were loaded)."""
@@ -420,43 +458,6 @@ class MmsaModel(MmsaPreTrainedModel):
             "mm_transformer": (3 * d,),
         }[self.config.fusion]
 
-    @classmethod
-    def from_text_vision_pretrained(
-        cls,
-        text_model_name_or_path: str | None = None,
-        vision_model_name_or_path: str | None = None,
-        **config_kwargs,
-    ):
-        """Builds a model whose towers are loaded from two checkpoints (Hub ids or local folders) and whose fusion
-        layers are new. `config_kwargs` go to `MmsaConfig` (e.g. `fusion="cmac"`).
-
-        The vision checkpoint is a timm model in `TimmWrapper` format (e.g. `timm/resnet50.a1_in1k`); a tower the
-        chosen fusion does not use is not loaded and its path may be `None`.
-        """
-        probe = MmsaConfig(fusion=config_kwargs.get("fusion", MmsaConfig.fusion))
-        text_model = vision_model = None
-        if probe.uses_text:
-            if text_model_name_or_path is None:
-                raise ValueError(f"fusion={probe.fusion!r} needs `text_model_name_or_path`.")
-            text_model = AutoModel.from_pretrained(text_model_name_or_path)
-            config_kwargs["text_config"] = text_model.config
-        if probe.uses_vision:
-            if vision_model_name_or_path is None:
-                raise ValueError(f"fusion={probe.fusion!r} needs `vision_model_name_or_path`.")
-            vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
-            if vision_config.model_type != "timm_wrapper":
-                raise ValueError(
-                    f"{vision_model_name_or_path} is a {vision_config.model_type!r} checkpoint; the image tower must be a "
-                    "timm model in TimmWrapper format (config.json with `architecture`), e.g. `timm/resnet50.a1_in1k`."
-                )
-            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
-            config_kwargs["vision_config"] = vision_model.config
-        config = MmsaConfig(**config_kwargs)
-        model = cls(config, text_model=text_model, vision_model=vision_model)
-        logger.info("Towers loaded from %s and %s; the fusion layers are newly initialised.", text_model_name_or_path,
-                    vision_model_name_or_path)
-        return model
-
 
 class MmsaForSequenceClassification(MmsaPreTrainedModel):
     """`MmsaModel` with the fusion strategy's classification head(s) on top."""
@@ -472,14 +473,6 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         self.mmsa = MmsaModel(config, text_model=text_model, vision_model=vision_model)
         self.classifiers = nn.ModuleList(MmsaClassificationHead(size, config) for size in self.mmsa.branch_sizes)
         self.post_init()
-
-    @classmethod
-    def from_text_vision_pretrained(cls, text_model_name_or_path=None, vision_model_name_or_path=None, **config_kwargs):
-        """See `MmsaModel.from_text_vision_pretrained`; adds new classification heads."""
-        base = MmsaModel.from_text_vision_pretrained(
-            text_model_name_or_path, vision_model_name_or_path, **config_kwargs
-        )
-        return cls(base.config, text_model=base.text_model, vision_model=base.vision_model)
 
     def forward(
         self,
