@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm.auto import tqdm
 from transformers.image_utils import load_image
 
@@ -111,8 +111,7 @@ def evaluate_model(model: str, dataset: str, split: str, output_dir: Path | None
     metrics[f"{split}_samples"] = len(references)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_test_report(output_dir, metrics, torch.tensor(predictions).numpy(), torch.tensor(references).numpy(),
-                          dict(enumerate(LABELS)))
+        write_test_report(output_dir, metrics, np.asarray(predictions), np.asarray(references), dict(enumerate(LABELS)))
     return metrics
 
 

@@ -15,9 +15,6 @@ from .processing_mmsa import load_rgb_image
 
 logger = logging.getLogger(__name__)
 
-PARAMETER_GROUPS = ("text", "vision", "head")
-
-
 def make_transform(processor, training: bool, max_length: int, use_text: bool = True, use_images: bool = True,
                    text_cache=None, image_cache=None):
     """A `Dataset.with_transform` function: tokenises texts (unpadded; the collator pads) and turns images into
