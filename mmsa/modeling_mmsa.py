@@ -202,6 +202,41 @@ class MmsaPreTrainedModel(PreTrainedModel):
                     vision_model_name_or_path)
         return model
 
+    def optimize_for_inference(self, channels_last: bool = True, compile_vision: bool = False):
+        """Readies the model for fast inference, in place, and returns it (in eval mode).
+
+        - `channels_last`: the image tower's convolution weights in channels-last memory format, the layout oneDNN
+          (CPU) and cuDNN run convolutions fastest in. The outputs are those of the default layout.
+        - `compile_vision`: `torch.compile` the image tower (static shapes, inductor freezing), the larger of the
+          two towers' costs on CPU. The first batch of each new batch size pays a compilation (seconds to tens of
+          seconds), so it is for long-running or batch jobs; the weights are frozen into the compiled code, so it is
+          for inference only. The text tower stays eager: its sequence length changes from batch to batch.
+
+        For lower precision load the model with `dtype=torch.bfloat16` (CPUs with AVX512-BF16/AMX, recent GPUs);
+        the processor's float32 `pixel_values` are cast to the tower's dtype. State-dict keys are unchanged, so the
+        model still saves and loads as before.
+        """
+        self.eval()
+        vision_model = self.base_model.vision_model
+        if vision_model is None:
+            return self
+        if channels_last:
+            vision_model.to(memory_format=torch.channels_last)
+        if compile_vision and not getattr(vision_model, "_mmsa_compiled", False):
+            import torch._inductor.config as inductor_config
+
+            compiled = torch.compile(vision_model.forward, dynamic=False)
+
+            def forward(*args, **kwargs):
+                # Freezing (weights folded in as constants, BatchNorm fused into the convolutions) for this tower
+                # only, without touching the process-wide inductor config.
+                with inductor_config.patch(freezing=True):
+                    return compiled(*args, **kwargs)
+
+            vision_model.forward = forward
+            vision_model._mmsa_compiled = True
+        return self
+
     def _init_weights(self, module):
         """Initialises the fusion layers only: the towers are `PreTrainedModel`s that initialise themselves (and are
         skipped entirely when their weights were loaded)."""
@@ -310,7 +345,8 @@ class MmsaModel(MmsaPreTrainedModel):
         """Returns the image tower's `(pooled (B, C), tokens (B, h*w, C))`: its pooled feature and last feature map
         flattened to one token per position."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_backbone):
-            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True)
+            # Processors give float32; a tower loaded in another dtype (`dtype=torch.bfloat16`) takes its own.
+            outputs = self.vision_model(pixel_values=pixel_values.to(self.vision_model.dtype), return_dict=True)
         feature_map = outputs.last_hidden_state
         tokens = feature_map.flatten(2).transpose(1, 2) if feature_map.ndim == 4 else feature_map
         return outputs.pooler_output, tokens

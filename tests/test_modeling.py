@@ -191,3 +191,38 @@ def test_from_text_vision_pretrained_rejects_non_timm_vision(tmp_path):
     source.mmsa.text_model.save_pretrained(tmp_path / "text")
     with pytest.raises(ValueError, match="timm"):
         MmsaForSequenceClassification.from_text_vision_pretrained(str(tmp_path / "text"), str(tmp_path / "text"))
+
+
+def test_optimize_for_inference_keeps_outputs_and_state_dict(tmp_path):
+    model, processor = tiny_model_and_processor("mm_transformer")
+    model.eval()
+    batch = padded_batch(processor, 64)
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        reference = model(**batch).logits
+        model.optimize_for_inference(channels_last=True)
+        convolutions = [m for m in model.mmsa.vision_model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                                    and not m.weight.is_contiguous() for m in convolutions if m.kernel_size != (1, 1))
+        torch.testing.assert_close(model(**batch).logits, reference, atol=1e-5, rtol=1e-5)
+        model.optimize_for_inference(compile_vision=True)
+        compiled = model(**batch).logits
+        torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=1e-4)
+    assert set(model.state_dict()) == keys
+    model.save_pretrained(tmp_path)
+    reloaded = MmsaForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_model_takes_float32_pixels():
+    model, processor = tiny_model_and_processor("cmac")
+    model.eval()
+    batch = padded_batch(processor, 64)
+    with torch.no_grad():
+        reference = torch.softmax(model(**batch).logits, -1)
+        model.to(torch.bfloat16)
+        assert batch["pixel_values"].dtype == torch.float32
+        logits = model(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(torch.softmax(logits.float(), -1), reference, atol=0.03, rtol=0)

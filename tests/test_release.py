@@ -214,7 +214,7 @@ def test_pipeline_inputs_and_outputs(run_dir, tmp_path, image_server):
 
 def test_cli_predict_single_batch_and_evaluate(run_dir, tmp_path, capsys):
     posts = posts_for(tmp_path)
-    cli.main(["predict", "--model", str(run_dir), "--text", "i love this", "--image", str(tmp_path / "photo.png")])
+    cli.run(["predict", "--model", str(run_dir), "--text", "i love this", "--image", str(tmp_path / "photo.png")])
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert single[0]["label"] in ("negative", "neutral", "positive")
 
@@ -228,7 +228,7 @@ def test_cli_predict_single_batch_and_evaluate(run_dir, tmp_path, capsys):
     ]
     lines = [json.dumps(r) for r in rows[:3]] + ["{not json"] + [json.dumps(r) for r in rows[3:]]
     (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
-    counts = cli.main(["predict", "--model", str(run_dir), "--input", str(tmp_path / "posts.jsonl"),
+    counts = cli.run(["predict", "--model", str(run_dir), "--input", str(tmp_path / "posts.jsonl"),
                        "--output", str(tmp_path / "preds.jsonl"), "--batch_size", "2"])
     assert counts == {"predicted": 2, "errors": 4}
     records = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
@@ -239,8 +239,40 @@ def test_cli_predict_single_batch_and_evaluate(run_dir, tmp_path, capsys):
     assert "cannot read image 'broken.jpg'" in records[4]["error"]
 
     raw = json.loads((run_dir / "run_info.json").read_text())["dataset"]
-    metrics = cli.main(["evaluate", "--model", str(run_dir), "--dataset", raw, "--output_dir", str(tmp_path / "ev")])
+    metrics = cli.run(["evaluate", "--model", str(run_dir), "--dataset", raw, "--output_dir", str(tmp_path / "ev")])
     reported = json.loads((run_dir / "test_results.json").read_text())
     for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1"):
         assert metrics[key] == pytest.approx(reported[key])
     assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+
+
+def test_pipeline_fast_paths_agree_with_float32(run_dir, tmp_path):
+    posts = posts_for(tmp_path)
+    reference = cli.load_classifier(str(run_dir))(posts, batch_size=3, top_k=None)
+    vision_weights = [m.weight for m in cli.load_classifier(str(run_dir)).model.mmsa.vision_model.modules()
+                      if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in vision_weights)
+    for options in ({"dtype": "bfloat16"}, {"torch_compile": True}):
+        classifier = cli.load_classifier(str(run_dir), **options)
+        if "dtype" in options:
+            assert classifier.model.dtype == torch.bfloat16
+        fast = classifier(posts, batch_size=3, top_k=None)
+        for got, expected in zip(fast, reference):
+            scores = {o["label"]: o["score"] for o in got}
+            assert [scores[o["label"]] for o in expected] == pytest.approx(
+                [o["score"] for o in expected], abs=0.03 if "dtype" in options else 1e-4)
+    remote = pipeline("multimodal-sentiment", model=str(run_dir), trust_remote_code=True, dtype=torch.bfloat16)
+    assert remote.model.dtype == torch.bfloat16 and len(remote(posts[0], top_k=None)) == 3
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        cli.load_classifier(str(run_dir), dtype="int8")
+
+
+def test_console_script_exits_zero(run_dir, tmp_path):
+    posts_for(tmp_path)
+    command = ["mmsa", "predict", "--model", str(run_dir), "--text", "i love this", "--image",
+               str(tmp_path / "photo.png"), "--dtype", "bfloat16"]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout.strip().splitlines()[-1])[0]["label"] in ("negative", "neutral", "positive")
+    failed = subprocess.run(command[:-2] + ["--dtype", "int8"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "invalid choice: 'int8'" in failed.stderr
