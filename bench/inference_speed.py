@@ -68,6 +68,10 @@ def load_posts(n: int | None):
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent process)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -119,6 +123,7 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
     if setting["optimize"]:
         # The pipeline on the same model object (it runs `optimize_for_inference` itself; a second call is a no-op).
         classifier = pipeline("multimodal-sentiment", model=model, processor=processor,
+                              tokenizer=processor.tokenizer, image_processor=processor.image_processor,
                               pipeline_class=MultimodalSentimentPipeline, torch_compile=setting["compile"])
         label_ids = {label: i for i, label in model.config.id2label.items()}
 
