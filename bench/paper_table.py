@@ -31,8 +31,8 @@ PUBLISHED = [
 ]
 
 
-def run(fusion: str, seed: int, extra: list[str]) -> dict:
-    output_dir = ROOT / "runs" / "paper_table" / f"{fusion}_seed{seed}"
+def run(fusion: str, seed: int, extra: list[str], output_dir: Path | None = None) -> dict:
+    output_dir = output_dir or ROOT / "runs" / "paper_table" / f"{fusion}_seed{seed}"
     command = [sys.executable, str(ROOT / "train_hf.py"), str(CONFIG), "--fusion", fusion, "--seed", str(seed),
                "--output_dir", str(output_dir), "--save_total_limit", "1", "--disable_tqdm", "true", *extra]
     print(" ".join(command), flush=True)
