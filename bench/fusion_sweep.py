@@ -14,10 +14,8 @@ import json
 import os
 import re
 import shlex
-import statistics
-from pathlib import Path
 
-from paper_table import METRICS, RESULTS, ROOT, run
+from paper_table import METRICS, RESULTS, ROOT, mean_std, run
 
 
 def slug(name: str) -> str:
@@ -50,9 +48,6 @@ def main():
                 path.write_text(json.dumps({"variant": name, **run(args.fusion, seed, flags, output_dir)}, indent=2) + "\n")
             if path.exists():
                 results.setdefault(name, []).append(json.loads(path.read_text()))
-
-    def mean_std(values):
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     rows = {}
     for name, runs in results.items():

@@ -125,12 +125,11 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
         classifier = pipeline("multimodal-sentiment", model=model, processor=processor,
                               tokenizer=processor.tokenizer, image_processor=processor.image_processor,
                               pipeline_class=MultimodalSentimentPipeline, torch_compile=setting["compile"])
-        label_ids = {label: i for i, label in model.config.id2label.items()}
 
         def through_pipeline():
             outputs = classifier(({"text": p["text"], "image": Image.open(io.BytesIO(p["image"]))} for p in posts),
                                  batch_size=batch_size)
-            return [label_ids[output[0]["label"]] for output in outputs]
+            return [model.config.label2id[output[0]["label"]] for output in outputs]
 
         pipeline_predictions, seconds = timed(through_pipeline)
         result["pipeline_posts_per_s"] = len(posts) / seconds

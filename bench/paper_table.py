@@ -54,6 +54,11 @@ def run(fusion: str, seed: int, extra: list[str], output_dir: Path | None = None
     }
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def table() -> dict:
     rows = {}
     for path in sorted(RESULTS.glob("*_seed*.json")):
@@ -65,8 +70,8 @@ def table() -> dict:
         entry = {"seeds": [r["seed"] for r in results]}
         for key in METRICS:
             values = [100 * r[key] for r in results]
-            entry[key] = {"mean": statistics.mean(values),
-                          "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+            mean, std = mean_std(values)
+            entry[key] = {"mean": mean, "std": std, "values": values}
         summary[fusion] = entry
     lines = [
         "| model | seeds | test accuracy | test macro-F1 | test weighted-F1 |",

@@ -41,9 +41,9 @@ def load_classifier(model: str, device: str | None = None, trust_remote_code: bo
 
     from .pipeline_mmsa import MultimodalSentimentPipeline
 
-    # The in-library pipeline class, so that no code from the model folder or repository is run.
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    # The in-library pipeline class, so that no code from the model folder or repository is run.
     return pipeline("multimodal-sentiment", model=model, device=device, trust_remote_code=trust_remote_code,
                     pipeline_class=None if trust_remote_code else MultimodalSentimentPipeline,
                     dtype=getattr(torch, dtype or "float32"), torch_compile=torch_compile)
@@ -114,12 +114,11 @@ def evaluate_model(model: str, dataset: str, split: str, output_dir: Path | None
 
     classifier = load_classifier(model, device=device, dtype=dtype, torch_compile=torch_compile)
     data = load_mvsa(dataset)[split]
-    label_ids = {label: i for i, label in classifier.model.config.id2label.items()}
     posts = [{"text": row["text"], "image": row["image"]} for row in data]
     predictions = []
     outputs = classifier((post for post in posts), batch_size=batch_size)  # a generator in, an iterator out
     for output in tqdm(outputs, total=len(posts), desc="evaluating", unit="post"):
-        predictions.append(label_ids[output[0]["label"]])
+        predictions.append(classifier.model.config.label2id[output[0]["label"]])
     references = list(data["label"])
     metrics = load_sentiment_metrics().compute(predictions=predictions, references=references, labels=list(LABELS))
     metrics = {f"{split}_{key}": value for key, value in metrics.items()}

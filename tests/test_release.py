@@ -248,8 +248,9 @@ def test_cli_predict_single_batch_and_evaluate(run_dir, tmp_path, capsys):
 
 def test_pipeline_fast_paths_agree_with_float32(run_dir, tmp_path):
     posts = posts_for(tmp_path)
-    reference = cli.load_classifier(str(run_dir))(posts, batch_size=3, top_k=None)
-    vision_weights = [m.weight for m in cli.load_classifier(str(run_dir)).model.mmsa.vision_model.modules()
+    default = cli.load_classifier(str(run_dir))
+    reference = default(posts, batch_size=3, top_k=None)
+    vision_weights = [m.weight for m in default.model.mmsa.vision_model.modules()
                       if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in vision_weights)
     for options in ({"dtype": "bfloat16"}, {"torch_compile": True}):
