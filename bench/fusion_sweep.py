@@ -4,8 +4,8 @@
         --variant "lr 3e-4=--head_learning_rate 3e-4" --variant "lr 1e-4=--head_learning_rate 1e-4"
 
 Each variant is `NAME=FLAGS`, the flags passed on to `train_hf.py configs/offline_minilm_effnet.yaml --fusion F
---seed S` (so the base variant, with no flags, is the paper table's own run and is read from its results). Results go
-to `bench/results/sweep/<fusion>/`; a run whose result file exists is not repeated. The table lists, per variant,
+--seed S`; the base variant, with no flags, is trained here too, so that every row comes from the same code. Results
+go to `bench/results/sweep/<fusion>/`; a run whose result file exists is not repeated. The table lists, per variant,
 mean validation macro-F1 (the selection criterion) and the test metrics, and marks the selected variant.
 """
 
@@ -31,7 +31,7 @@ def main():
     args = parser.parse_args()
     folder = RESULTS / "sweep" / args.fusion
     folder.mkdir(parents=True, exist_ok=True)
-    variants = {"paper table config": []}
+    variants = {"base config": []}
     for spec in args.variant:
         name, _, flags = spec.partition("=")
         variants[name.strip()] = shlex.split(flags)
@@ -41,8 +41,7 @@ def main():
     results = {}
     for name, flags in variants.items():
         for seed in args.seeds:
-            path = (RESULTS / f"{args.fusion}_seed{seed}.json" if not flags
-                    else folder / f"{slug(name)}_seed{seed}.json")
+            path = folder / f"{slug(name)}_seed{seed}.json"
             if not path.exists() and not args.table_only:
                 output_dir = ROOT / "runs" / "sweep" / args.fusion / f"{slug(name)}_seed{seed}"
                 path.write_text(json.dumps({"variant": name, **run(args.fusion, seed, flags, output_dir)}, indent=2) + "\n")
