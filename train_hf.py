@@ -14,22 +14,25 @@ custom code) with `test_results.json`, `classification_report.txt` and `confusio
 import json
 import logging
 import os
+import shutil
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 import yaml
 from transformers import (
     AutoTokenizer,
     EarlyStoppingCallback,
     HfArgumentParser,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, get_last_checkpoint
 
 from mmsa import FUSION_STRATEGIES, MmsaConfig, MmsaForSequenceClassification, MmsaProcessor
 from mmsa.data import LABELS, load_mvsa
@@ -98,6 +101,11 @@ class DataArguments:
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many evaluations without improvement (0: never)."}
     )
+    strict: bool = field(
+        default=False,
+        metadata={"help": "Refuse to train when the training split has a single class or a split lacks a class "
+                          "(otherwise a warning)."},
+    )
 
 
 @dataclass
@@ -122,6 +130,18 @@ class MmsaTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Every built parameter is used, so DDP needs no unused-parameter search."}
     )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh, deleting the checkpoints in output_dir, instead of refusing to resume a "
+                          "checkpoint of another run (other dataset, split or model arguments)."},
+    )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={"help": "Intra-op CPU threads of each process (default: physical cores / processes on this machine). "
+                          "Set here, not taken from OMP_NUM_THREADS, which `accelerate launch` sets to 1: the thread "
+                          "count changes the order of float sums, so `python train_hf.py` and `accelerate launch "
+                          "train_hf.py` must use the same one to give the same result."},
+    )
 
 
 def config_file_to_argv(argv: list[str]) -> list[str]:
@@ -205,18 +225,119 @@ def relaunch_as_cpu_ddp(num_processes: int):
               f"--master_port={os.environ.get('MASTER_PORT', '29500')}", sys.argv[0], *sys.argv[1:]])
 
 
+RUN_FINGERPRINT = "mmsa_run_fingerprint.json"
+
+
+def run_fingerprint(model_args, data_args, source, dataset) -> dict:
+    """What makes two runs the same run: the data (source, split, the posts of each split) and the model arguments.
+    Recorded in every checkpoint; a checkpoint is resumed only by a run with the same fingerprint."""
+    import hashlib
+
+    data_keys = ("dataset_variant", "split_seed", "split_file", "max_text_length", "max_train_samples",
+                 "max_eval_samples", "cache_frozen_features")
+    return {
+        "dataset": str(source),
+        "posts": {name: hashlib.sha256(json.dumps(list(split["id"])).encode()).hexdigest()[:16]
+                  for name, split in dataset.items()},
+        "data_args": {key: getattr(data_args, key) for key in data_keys},
+        "model_args": asdict(model_args),
+    }
+
+
+def fingerprint_mismatch(checkpoint: str, fingerprint: dict) -> str | None:
+    """`None` if `checkpoint` was saved by a run with this fingerprint, else what differs."""
+    path = Path(checkpoint) / RUN_FINGERPRINT
+    if not path.is_file():
+        return f"{checkpoint} records no run fingerprint ({RUN_FINGERPRINT})"
+    recorded = json.loads(path.read_text())
+    differences = []
+    for group in ("dataset", "posts", "data_args", "model_args"):
+        old, new = recorded.get(group), fingerprint[group]
+        if isinstance(new, dict):
+            differences += [f"{group}.{key}: {(old or {}).get(key)!r} -> {new.get(key)!r}"
+                            for key in sorted(set(new) | set(old or {})) if (old or {}).get(key) != new.get(key)]
+        elif old != new:
+            differences.append(f"{group}: {old!r} -> {new!r}")
+    return "; ".join(differences) or None
+
+
+class RunFingerprintCallback(TrainerCallback):
+    """Writes the run fingerprint into every checkpoint folder."""
+
+    def __init__(self, fingerprint: dict):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                (folder / RUN_FINGERPRINT).write_text(json.dumps(self.fingerprint, indent=2) + "\n")
+
+
+def check_label_coverage(dataset, strict: bool):
+    """Warns (or, with `strict`, refuses) when the training split has one class or a split lacks a class."""
+    problems = []
+    for name, split in dataset.items():
+        counts = Counter(split["label"])
+        missing = [LABELS[i] for i in range(len(LABELS)) if counts.get(i, 0) == 0]
+        if len(split) == 0:
+            problems.append(f"the {name} split is empty")
+        elif name == "train" and len(counts) < 2:
+            problems.append(f"the train split holds a single class ({LABELS[next(iter(counts))]})")
+        elif missing:
+            problems.append(f"the {name} split has no {', '.join(missing)} posts")
+    if problems:
+        message = "; ".join(problems)
+        if strict:
+            raise ValueError(f"{message} (--strict)")
+        logger.warning("%s: the model and its metrics will be of little use.", message)
+
+
+def cores_per_process() -> int:
+    """Physical cores of this machine shared among its local processes (accelerate's rule for `--cpu`)."""
+    import psutil
+
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // local_processes)
+
+
+def set_cpu_threads(requested: int | None) -> int:
+    """Sets (and returns) the intra-op thread count of training, the same whichever launcher started the script.
+    Gradients are sums over the batch that CPU kernels split among threads, so the thread count changes their last
+    bits, and over many steps the result."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"--cpu_threads must be at least 1, got {requested}.")
+    threads = requested or cores_per_process()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def git_commit() -> str | None:
+    """The commit of this checkout (with `+dirty` when tracked files differ from it), for provenance."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def write_run_info(output_dir, model_args, data_args, training_args, source, dataset):
     """`run_info.json`: what this run was (arguments, data, label counts, versions), for model cards."""
     import platform
 
     import timm
-    import torch
 
     import mmsa
 
     training_keys = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_scheduler_type",
-                     "warmup_steps", "seed", "metric_for_best_model", "optim", "world_size")
+                     "warmup_steps", "seed", "metric_for_best_model", "optim", "world_size", "cpu_threads")
     info = {
         "model_args": asdict(model_args),
         "data_args": asdict(data_args),
@@ -226,6 +347,8 @@ def write_run_info(output_dir, model_args, data_args, training_args, source, dat
         "dataset": str(source),
         "label_counts": {name: {LABELS[k]: v for k, v in sorted(Counter(split["label"]).items())}
                          for name, split in dataset.items()},
+        "git_commit": git_commit(),
+        "torch_threads": torch.get_num_threads(),
         "versions": {"mmsa": mmsa.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
                      "timm": timm.__version__, "datasets": datasets.__version__, "python": platform.python_version()},
     }
@@ -239,22 +362,25 @@ def main(argv=None):
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
+    # Our own steps are logged at INFO on the main process (the libraries stay at `--log_level`, warnings by default).
     log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("mmsa").setLevel(log_level)
+    own_level = logging.INFO if training_args.should_log and training_args.log_level == "passive" else log_level
+    logger.setLevel(own_level)
+    logging.getLogger("mmsa").setLevel(own_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
+    threads = set_cpu_threads(training_args.cpu_threads)
     logger.warning(f"Process rank: {training_args.process_index}, device: {training_args.device}, "
                    f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}")
-    logger.info(f"Training parameters {training_args}")
+    logger.debug(f"Training parameters {training_args}")
+    logger.info("Seed %d, %d CPU threads per process, output in %s", training_args.seed, threads,
+                training_args.output_dir)
 
     last_checkpoint = None
     if os.path.isdir(training_args.output_dir):
         last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-            logger.warning(f"Checkpoint found, resuming training at {last_checkpoint}.")
 
     # Data
     source = data_args.dataset_name_or_path or os.environ.get("MVSA_SINGLE_DIR")
@@ -267,16 +393,40 @@ def main(argv=None):
                         ("test", data_args.max_eval_samples)):
         if limit is not None:
             dataset[name] = dataset[name].select(range(min(limit, len(dataset[name]))))
-    logger.info("Dataset: %s", {name: len(split) for name, split in dataset.items()})
+    logger.info("Dataset %s: %s posts", source, {name: len(split) for name, split in dataset.items()})
+
+    check_label_coverage(dataset, data_args.strict)
+
+    # Resume only a checkpoint of this very run (same data, split and model arguments).
+    fingerprint = run_fingerprint(model_args, data_args, source, dataset)
+    checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+    if checkpoint is not None and (mismatch := fingerprint_mismatch(checkpoint, fingerprint)):
+        if not training_args.overwrite_output_dir:
+            raise ValueError(f"{training_args.output_dir} holds a checkpoint of another run, not resumed: {mismatch}. "
+                             "Pass --overwrite_output_dir to start afresh, or choose another --output_dir.")
+        logger.warning("Starting afresh (--overwrite_output_dir): %s", mismatch)
+        if training_args.process_index == 0:
+            for old in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                shutil.rmtree(old)
+        checkpoint = None
+    elif checkpoint is not None:
+        logger.info("Resuming this run from %s", checkpoint)
 
     set_seed(training_args.seed)
     class_weights = class_weights_from(model_args.class_weights, dataset["train"]["label"])
     model, processor = build_model_and_processor(model_args, data_args, class_weights)
     config: MmsaConfig = model.config
+    logger.info("Model: fusion %s, text tower %s%s, image tower %s%s", config.fusion,
+                model_args.model_name_or_path or model_args.text_model_name_or_path,
+                " (frozen)" if config.freeze_text_backbone else "",
+                model_args.model_name_or_path or model_args.vision_model_name_or_path,
+                " (frozen)" if config.freeze_vision_backbone else "")
 
     # Frozen towers: their features are computed once per post and read from disk afterwards.
     caches = {name: {} for name in dataset}
     if data_args.cache_frozen_features:
+        # Filled with every core: a frozen tower's forward pass gives the same features at any thread count.
+        torch.set_num_threads(cores_per_process())
         cache_text = config.uses_text and config.freeze_text_backbone
         cache_images = config.uses_vision and config.freeze_vision_backbone
         if cache_text or cache_images:
@@ -286,20 +436,22 @@ def main(argv=None):
                 if cache_text:
                     caches[name]["text_cache"] = cache_text_features(
                         model.mmsa, processor.tokenizer, dataset[name], data_args.max_text_length,
-                        with_tokens=config.uses_tokens, cache_dir=data_args.feature_cache_dir)
+                        with_tokens=config.uses_tokens, cache_dir=data_args.feature_cache_dir,
+                        desc=f"text features ({name})")
                 if cache_images:
                     caches[name]["image_cache"] = cache_image_features(
                         model.mmsa, processor.image_processor, dataset[name], with_tokens=config.uses_tokens,
-                        cache_dir=data_args.feature_cache_dir)
+                        cache_dir=data_args.feature_cache_dir, desc=f"image features ({name})")
             if caches[name]:
                 dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
+        torch.set_num_threads(threads)
 
     def prepared(name, training):
         return dataset[name].with_transform(make_transform(
             processor, training=training, max_length=data_args.max_text_length, use_text=config.uses_text,
             use_images=config.uses_vision, **caches[name]))
 
-    callbacks = []
+    callbacks = [RunFingerprintCallback(fingerprint)]
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
 
@@ -317,7 +469,8 @@ def main(argv=None):
     )
 
     # Training
-    checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+    logger.info("Training for up to %g epochs%s", training_args.num_train_epochs,
+                f", resuming from {checkpoint}" if checkpoint else "")
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
     metrics = train_result.metrics
@@ -332,6 +485,7 @@ def main(argv=None):
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
 
+    logger.info("Evaluating the best model on the test split (%d posts)", len(dataset["test"]))
     prediction = trainer.predict(prepared("test", training=False), metric_key_prefix="test")
     test_metrics = dict(prediction.metrics)
     test_metrics["test_samples"] = len(dataset["test"])
@@ -339,8 +493,9 @@ def main(argv=None):
     trainer.save_metrics("test", test_metrics)
     if trainer.is_world_process_zero():
         write_run_info(training_args.output_dir, model_args, data_args, training_args, source, dataset)
-        write_test_report(training_args.output_dir, test_metrics, prediction.predictions.argmax(-1),
-                          prediction.label_ids, config.id2label)
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        write_test_report(training_args.output_dir, test_metrics, logits.argmax(-1), prediction.label_ids,
+                          config.id2label, post_ids=list(dataset["test"]["id"]))
         logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
 
     if training_args.push_to_hub:

@@ -1,32 +1,62 @@
 """The `mmsa` command line.
 
     mmsa predict --model M --text T --image I
-    mmsa predict --model M --input posts.jsonl --output preds.jsonl [--batch_size 32]
+    mmsa predict --model M --input posts.jsonl --output preds.jsonl [--batch_size 32] [--timeout 10]
     mmsa evaluate --model M --dataset D [--split test] [--output_dir DIR]
 
 Both take `--device`, `--dtype bfloat16` (faster on CPUs with AVX512-BF16/AMX and on recent GPUs) and `--compile`
 (compiles the image tower: a compilation on the first batch, then faster batches; for batch jobs).
 
-`--model` is a saved model folder or a Hub id. In batch mode every input line is a JSON object with `text` and
-`image` (a file path, relative to the input file's folder, or a URL) and optionally `id`; each output line holds the
-prediction, or an `error` for a row that cannot be read (missing or broken image, empty text), and the rest go on.
+`--model` is a saved model folder or a Hub id; a folder whose weights do not cover its config is refused. In batch
+mode every input line is a JSON object with `text` and `image` (a file path, relative to the input file's folder,
+or a URL fetched within `--timeout` seconds) and optionally `id`. Each input row gets exactly one output line, in
+input order: the prediction, or an `error` naming what is wrong with that row (bad JSON, invalid UTF-8, wrong
+types, unreadable or missing image, an image URL that does not answer, empty text); the other rows go on. The output
+is written to a temporary file beside `--output` and renamed into place at the end, so an interrupted run leaves no
+partial output. Exit status: 0 when every row was predicted, 3 when some rows failed (their number is printed).
 """
 
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
-from transformers.image_utils import load_image
+
+from .processing_mmsa import DEFAULT_IMAGE_TIMEOUT, check_unicode, is_url, load_rgb_image
 
 
 logger = logging.getLogger(__name__)
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+ROWS_FAILED_STATUS = 3
+IMAGE_READERS = 8
+"""Images of a batch are read by this many threads, so that slow URLs wait side by side, not one after another."""
+
+
+def load_model(model: str, dtype: str | None = None, trust_remote_code: bool = False):
+    """The model of a folder or Hub id, refused with a clear message when it cannot be loaded as it is (no such
+    folder, or weights that do not cover the config: see `MmsaPreTrainedModel.from_pretrained`)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    local = Path(model).is_dir()
+    if not local and (Path(model).exists() or model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise ValueError(f"model folder {model} does not exist")
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            model, dtype=getattr(torch, dtype or "float32"), trust_remote_code=trust_remote_code)
+    except OSError as error:
+        where = f"model folder {model}" if local else f"{model}: no such folder here, and as a Hub id"
+        raise ValueError(f"{where} cannot be loaded: {error}") from error
 
 
 def load_classifier(model: str, device: str | None = None, trust_remote_code: bool = False,
@@ -36,97 +66,195 @@ def load_classifier(model: str, device: str | None = None, trust_remote_code: bo
     `dtype` ("float32", "bfloat16", "float16"; default: float32) is the precision the model is loaded in;
     `torch_compile` compiles the image tower (see `MmsaPreTrainedModel.optimize_for_inference`).
     """
-    import torch
-    from transformers import pipeline
+    from transformers import AutoProcessor, pipeline
 
     from .pipeline_mmsa import MultimodalSentimentPipeline
 
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     # The in-library pipeline class, so that no code from the model folder or repository is run.
-    return pipeline("multimodal-sentiment", model=model, device=device, trust_remote_code=trust_remote_code,
+    return pipeline("multimodal-sentiment", model=loaded, processor=processor, tokenizer=processor.tokenizer,
+                    image_processor=processor.image_processor, device=device, trust_remote_code=trust_remote_code,
                     pipeline_class=None if trust_remote_code else MultimodalSentimentPipeline,
-                    dtype=getattr(torch, dtype or "float32"), torch_compile=torch_compile)
+                    torch_compile=torch_compile)
 
 
-def read_post(row: dict, base: Path, config) -> dict:
+def check_text(text) -> str:
+    """`text` if it is a non-empty string of valid Unicode, else ValueError."""
+    if not isinstance(text, str):
+        raise ValueError(f"'text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("empty 'text'")
+    return check_unicode(text, "'text'")
+
+
+def read_post(row: dict, base: Path, config, timeout: float = DEFAULT_IMAGE_TIMEOUT) -> dict:
     """Validates one input row and loads its image; raises ValueError with what is wrong."""
-    text, image = row.get("text"), row.get("image")
-    if config.uses_text and not (isinstance(text, str) and text.strip()):
-        raise ValueError("empty or missing 'text'")
-    post = {"text": text}
+    if not isinstance(row, dict):
+        raise ValueError(f"a row must be a JSON object with 'text' and 'image', got {type(row).__name__}")
+    post = {}
+    if config.uses_text:
+        if row.get("text") is None:
+            raise ValueError("missing 'text'")
+        post["text"] = check_text(row["text"])
     if config.uses_vision:
-        if not image:
+        image = row.get("image")
+        if image is None or image == "":
             raise ValueError("missing 'image'")
-        location = image if str(image).startswith(("http://", "https://")) else str(base / image)
-        if location == str(base / image) and not (base / image).is_file():
-            raise ValueError(f"image file {base / image} does not exist")
+        if not isinstance(image, str):
+            raise ValueError(f"'image' must be a file path or URL string, got {type(image).__name__}")
+        location = image if is_url(image) else str(base / image)
         try:
-            post["image"] = load_image(location)
-            post["image"].load()
-        except Exception as error:  # missing file, truncated or undecodable image, unreachable URL
+            post["image"] = load_rgb_image(location, timeout=timeout)
+        except FileNotFoundError:
+            raise ValueError(f"image file {location} does not exist") from None
+        except Exception as error:  # truncated or undecodable image, HTTP error, time-out, unreadable file
             raise ValueError(f"cannot read image {image!r}: {type(error).__name__}: {error}") from error
     return post
 
 
-def predict_file(classifier, input_path: Path, output_path: Path, batch_size: int, top_k) -> dict:
-    """Batch prediction over a JSONL file; returns counts of predicted and failed rows."""
-    lines = [line for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_rows(input_path: Path):
+    """`(line number, row or error message)` for each non-blank line of a JSONL file, and the number of blank
+    lines. Lines are split on b"\\n" only (U+2028 and friends inside strings are data), each decoded on its own
+    (a bad byte spoils only its line); a UTF-8 byte-order mark is accepted; numbers are physical line numbers."""
+    rows, blank = [], 0
+    data = input_path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.removesuffix(b"\r")
+        if not raw.strip():
+            blank += 1
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rows.append((number, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"))
+            continue
+        try:
+            rows.append((number, json.loads(text)))
+        except json.JSONDecodeError as error:
+            rows.append((number, f"invalid JSON: {error}"))
+    return rows, blank
+
+
+def json_line(record: dict) -> str:
+    """One output line; strings that are not valid Unicode (lone surrogates) are written escaped."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record, ensure_ascii=True)
+    return line + "\n"
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def predict_file(classifier, input_path: Path, output_path: Path, batch_size: int, top_k,
+                 timeout: float = DEFAULT_IMAGE_TIMEOUT) -> dict:
+    """Batch prediction over a JSONL file: one output record per input row, in order, written atomically.
+    Returns counts of predicted and failed rows, and of blank lines."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if same_file(input_path, output_path):
+        raise ValueError(f"--output {output_path} is the input file: choose another path")
+    rows, blank = read_rows(input_path)
     config = classifier.model.config
-    counts = {"predicted": 0, "errors": 0}
-    with output_path.open("w", encoding="utf-8") as out, tqdm(total=len(lines), desc="predicting", unit="post") as bar:
-        for start in range(0, len(lines), batch_size):
-            records, posts, slots = [], [], []
-            for number, line in enumerate(lines[start : start + batch_size], start=start + 1):
+    counts = {"rows": len(rows), "predicted": 0, "errors": 0, "blank_lines": blank}
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".partial", dir=output_path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out, \
+                tqdm(total=len(rows), desc="predicting", unit="post") as bar, \
+                ThreadPoolExecutor(IMAGE_READERS) as readers:
+
+            def prepare(item):
+                number, row = item
                 record = {"line": number}
-                try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError("a line must be a JSON object with 'text' and 'image'")
+                if isinstance(row, str):  # the line could not be parsed
+                    return record, None, row
+                if isinstance(row, dict):
                     record["id"] = row.get("id")
-                    posts.append(read_post(row, input_path.parent, config))
-                    slots.append(len(records))
-                except json.JSONDecodeError as error:
-                    record["error"] = f"invalid JSON: {error}"
+                try:
+                    return record, read_post(row, input_path.parent, config, timeout), None
                 except ValueError as error:
-                    record["error"] = str(error)
-                records.append(record)
-            if posts:
-                predictions = classifier(posts, batch_size=batch_size, top_k=top_k)
-                for slot, prediction in zip(slots, predictions):
-                    if top_k == 1:
-                        records[slot].update(prediction[0])
+                    return record, None, str(error)
+
+            for start in range(0, len(rows), batch_size):
+                prepared = list(readers.map(prepare, rows[start : start + batch_size]))
+                posts = [post for _, post, _ in prepared if post is not None]
+                predictions = iter(classifier(posts, batch_size=batch_size, top_k=top_k) if posts else [])
+                for record, post, error in prepared:
+                    if post is None:
+                        record["error"] = error
                     else:
-                        records[slot]["scores"] = prediction
-            for record in records:
-                counts["errors" if "error" in record else "predicted"] += 1
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            bar.update(len(records))
+                        prediction = next(predictions)
+                        record.update(prediction[0]) if top_k == 1 else record.update(scores=prediction)
+                    counts["errors" if "error" in record else "predicted"] += 1
+                    out.write(json_line(record))
+                bar.update(len(prepared))
+        os.replace(partial, output_path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return counts
 
 
 def evaluate_model(model: str, dataset: str, split: str, output_dir: Path | None, batch_size: int,
                    device: str | None = None, dtype: str | None = None, torch_compile: bool = False) -> dict:
-    """Metrics of a model on a dataset split (raw MVSA folder, saved folder or Hub id)."""
-    from .data import LABELS, load_mvsa
+    """Metrics of a model on a dataset split (raw MVSA folder, saved folder or Hub id). Predictions and references
+    are compared by label name, so the model's label order need not be the dataset's; a model whose label set
+    differs from the dataset's is refused."""
+    from .data import load_mvsa
     from .metrics import load_sentiment_metrics
     from .training import write_test_report
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    splits = load_mvsa(dataset)
+    if split not in splits:
+        raise ValueError(f"{dataset} has no split {split!r}; its splits are {', '.join(splits)}")
+    data = splits[split]
+    names = data.features["label"].names
     classifier = load_classifier(model, device=device, dtype=dtype, torch_compile=torch_compile)
-    data = load_mvsa(dataset)[split]
-    posts = [{"text": row["text"], "image": row["image"]} for row in data]
+    model_labels = set(classifier.model.config.id2label.values())
+    if model_labels != set(names):
+        raise ValueError(f"the model's labels {sorted(model_labels)} are not the dataset's {sorted(names)}")
+    posts = ({"text": row["text"], "image": row["image"]} for row in data)  # a generator in, an iterator out
     predictions = []
-    outputs = classifier((post for post in posts), batch_size=batch_size)  # a generator in, an iterator out
-    for output in tqdm(outputs, total=len(posts), desc="evaluating", unit="post"):
-        predictions.append(classifier.model.config.label2id[output[0]["label"]])
+    for output in tqdm(classifier(posts, batch_size=batch_size), total=len(data), desc="evaluating", unit="post"):
+        predictions.append(names.index(output[0]["label"]))
     references = list(data["label"])
-    metrics = load_sentiment_metrics().compute(predictions=predictions, references=references, labels=list(LABELS))
+    metrics = load_sentiment_metrics().compute(predictions=predictions, references=references, labels=list(names))
     metrics = {f"{split}_{key}": value for key, value in metrics.items()}
     metrics[f"{split}_samples"] = len(references)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_test_report(output_dir, metrics, np.asarray(predictions), np.asarray(references), dict(enumerate(LABELS)))
+        write_test_report(output_dir, metrics, np.asarray(predictions), np.asarray(references),
+                          dict(enumerate(names)), post_ids=list(data["id"]), prefix=split)
     return metrics
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return number
 
 
 def run(argv=None):
@@ -136,10 +264,12 @@ def run(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     inference = argparse.ArgumentParser(add_help=False)
     inference.add_argument("--model", required=True, help="saved model folder or Hub id")
-    inference.add_argument("--batch_size", type=int, default=32)
+    inference.add_argument("--batch_size", type=positive_int, default=32)
     inference.add_argument("--device", default=None)
     inference.add_argument("--dtype", choices=DTYPES, default="float32", help="precision the model runs in")
     inference.add_argument("--compile", action="store_true", help="torch.compile the image tower")
+    inference.add_argument("--timeout", type=positive_float, default=DEFAULT_IMAGE_TIMEOUT,
+                           help="seconds an image URL may take (default: %(default)s)")
     predict = commands.add_parser("predict", parents=[inference],
                                   help="classify one post, or every post of a JSONL file")
     predict.add_argument("--text")
@@ -154,33 +284,46 @@ def run(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    if args.command == "predict":
-        top_k = None if args.all_scores else 1
-        if args.input:
-            if not args.output:
-                parser.error("--input needs --output")
-            classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
-            counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k)
-            print(f"{counts['predicted']} predicted, {counts['errors']} errors -> {args.output}", file=sys.stderr)
-            return counts
-        classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
-        try:
-            post = read_post({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config)
-        except ValueError as error:
-            parser.error(str(error))
-        result = classifier(post, top_k=top_k)
-        print(json.dumps(result, ensure_ascii=False))
-        return result
-
-    metrics = evaluate_model(args.model, args.dataset, args.split, args.output_dir, args.batch_size, args.device,
-                             args.dtype, args.compile)
+    try:
+        if args.command == "predict":
+            return run_predict(parser, args)
+        metrics = evaluate_model(args.model, args.dataset, args.split, args.output_dir, args.batch_size,
+                                 args.device, args.dtype, args.compile)
+    except ValueError as error:  # a problem with what was asked: the message says what, no traceback
+        parser.exit(2, f"mmsa {args.command}: error: {error}\n")
     print(json.dumps(metrics, indent=2))
     return metrics
 
 
+def run_predict(parser, args):
+    top_k = None if args.all_scores else 1
+    if args.input:
+        if not args.output:
+            parser.error("--input needs --output")
+        if not args.input.is_file():
+            parser.error(f"--input {args.input} is not a file")
+        if same_file(args.input, args.output):
+            parser.error(f"--output {args.output} is the input file: choose another path")
+        classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
+        counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k, args.timeout)
+        blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
+        print(f"{counts['rows']} rows: {counts['predicted']} predicted, {counts['errors']} failed{blank} "
+              f"-> {args.output}", file=sys.stderr)
+        return counts
+    if args.text is not None:
+        check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates
+    classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
+    post = read_post({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout)
+    result = classifier(post, top_k=top_k)
+    print(json.dumps(result, ensure_ascii=False))
+    return result
+
+
 def main(argv=None) -> int:
-    """The console script: exit status 0 on success (errors exit through argparse or an exception)."""
-    run(argv)
+    """The console script: 0 on success, 3 when some rows of a batch failed, 2 for a bad request."""
+    result = run(argv)
+    if isinstance(result, dict) and result.get("errors"):
+        return ROWS_FAILED_STATUS
     return 0
 
 

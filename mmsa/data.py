@@ -14,6 +14,7 @@ rows, files no row labels) skips that post with a reason that is counted and lis
 """
 
 import argparse
+import codecs
 import io
 import json
 import logging
@@ -131,7 +132,15 @@ def read_label_rows(raw_dir: Path, variant: str):
     path = raw_dir / LABEL_FILE
     if not path.is_file():
         raise MvsaFormatError(f"{path} does not exist: an MVSA release holds {LABEL_FILE} beside data/.")
-    lines = path.read_bytes().decode("utf-8", errors="strict").splitlines()
+    raw = path.read_bytes()
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        lines = raw.decode(encoding).splitlines()
+    except UnicodeDecodeError as error:
+        raise MvsaFormatError(
+            f"{path}: not {encoding.removesuffix('-sig').upper()} text (byte {error.start}: {error.reason}); "
+            "MVSA label files are UTF-8 (a UTF-8 or UTF-16 byte-order mark is accepted)."
+        ) from None
     expected = "\t".join(["ID"] + ["text,image"] * ANNOTATORS[variant])
     header = lines[0].strip() if lines else ""
     if header != expected:
@@ -150,7 +159,7 @@ def parse_labels(fields: list[str], variant: str) -> tuple[str, list[tuple[str, 
     if len(fields) != 1 + annotators:
         raise ValueError(f"expected {1 + annotators} tab-separated fields, found {len(fields)}")
     post_id = fields[0].strip()
-    if not post_id.isdigit():
+    if not (post_id.isascii() and post_id.isdigit()):
         raise ValueError(f"id {post_id!r} is not a number")
     pairs = []
     for value in fields[1:]:
@@ -168,7 +177,7 @@ def decode_text(raw: bytes) -> tuple[str, str]:
     """Decodes a post's text file; returns `(text, encoding)`."""
     for encoding in TEXT_ENCODINGS:
         try:
-            return raw.decode(encoding), encoding
+            return raw.decode(encoding).removeprefix("\ufeff"), encoding  # a UTF-8 byte-order mark is no text
         except UnicodeDecodeError:
             continue
     raise UnicodeDecodeError("gb18030", raw, 0, len(raw), "neither UTF-8 nor GB18030")
@@ -353,7 +362,7 @@ def build_mvsa(
         listed = {post_id for members in splits.values() for post_id in members}
         for post_id in sorted(set(kept_ids) - listed, key=int):
             report.skip("not_in_split_file", post_id, candidates[post_id][0], f"{split_file} does not list it", strict)
-        missing = sorted(listed - set(kept_ids), key=int)
+        missing = sorted(listed - set(kept_ids), key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else i))
         if missing:
             logger.warning("%d ids of %s are not kept posts (first: %s)", len(missing), split_file, missing[:5])
         splits = {name: [i for i in members if i in records] for name, members in splits.items()}
@@ -374,6 +383,15 @@ def build_mvsa(
         name: {LABELS[k]: v for k, v in sorted(Counter(records[i]["label"] for i in members).items())}
         for name, members in splits.items()
     }
+    if report.kept == 0:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items())) or "no label rows"
+        raise MvsaFormatError(f"{raw_dir}: no post kept ({report.label_rows} label rows; {reasons}); "
+                              "nothing to build a dataset from.")
+    for name, counts in report.class_counts.items():
+        if not counts:
+            logger.warning("The %s split of %s is empty.", name, raw_dir)
+        elif len(counts) == 1:
+            logger.warning("The %s split of %s holds a single class (%s).", name, raw_dir, next(iter(counts)))
     logger.info(report.summary())
     return (dataset, report) if return_report else dataset
 
@@ -393,14 +411,38 @@ def load_mvsa(path_or_repo: str | Path, variant: str = "single", seed: int = 42,
     return load_dataset(str(path_or_repo))
 
 
-def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path) -> Path:
-    """`save_to_disk` plus `build_report.json` and the dataset card (`README.md`)."""
+def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path, overwrite: bool = False) -> Path:
+    """`save_to_disk` plus `build_report.json` and the dataset card (`README.md`).
+
+    A non-empty `output_dir` is refused unless `overwrite`; then the new dataset is written to a temporary folder
+    beside it and swapped in only once complete, so a failed save leaves the old dataset as it was.
+    """
+    import shutil
+    import tempfile
+
     from .dataset_card import mvsa_dataset_card
 
     output_dir = Path(output_dir)
-    dataset.save_to_disk(str(output_dir))
-    (output_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    mvsa_dataset_card(dataset, report).save(output_dir / "README.md")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} is not empty: choose an empty folder, or pass --overwrite to replace it")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        dataset.save_to_disk(str(staging))
+        (staging / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        mvsa_dataset_card(dataset, report).save(staging / "README.md")
+        if output_dir.exists():
+            retired = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+            output_dir.rename(retired)
+            staging.rename(output_dir)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return output_dir
 
 
@@ -440,6 +482,7 @@ def main(argv=None):
     build.add_argument("--seed", type=int, default=42)
     build.add_argument("--split_file", default=None, help="JSON ids per split to reuse")
     build.add_argument("--strict", action="store_true", help="fail on the first unusable post")
+    build.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     build.add_argument("--num_proc", type=int, default=None)
     build.add_argument("--push_to_hub", metavar="REPO", default=None, help="also upload to this Hub dataset repo")
     build.add_argument("--private", action="store_true")
@@ -453,9 +496,15 @@ def main(argv=None):
     if args.command == "build":
         if not args.raw_dir:
             parser.error("--raw_dir is required when MVSA_SINGLE_DIR is not set")
-        dataset, report = build_mvsa(args.raw_dir, variant=args.variant, seed=args.seed, strict=args.strict,
-                                     split_file=args.split_file, num_proc=args.num_proc, return_report=True)
-        save_mvsa(dataset, report, args.output_dir)
+        output_dir = Path(args.output_dir)
+        if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
+            parser.error(f"--output_dir {output_dir} is not empty: choose an empty folder, or pass --overwrite")
+        try:
+            dataset, report = build_mvsa(args.raw_dir, variant=args.variant, seed=args.seed, strict=args.strict,
+                                         split_file=args.split_file, num_proc=args.num_proc, return_report=True)
+            save_mvsa(dataset, report, output_dir, overwrite=args.overwrite)
+        except (MvsaFormatError, FileExistsError) as error:
+            parser.exit(1, f"python -m mmsa.data build: error: {error}\n")
         print(report.summary())
         print(f"saved to {args.output_dir} (report: {Path(args.output_dir) / REPORT_FILE})")
         if args.push_to_hub:

@@ -10,7 +10,8 @@ is keyed by
 - the preprocessing: timm's resolved data config, or the tokenizer's vocabulary and the maximum length,
 - the inputs: a hash of every image's bytes or every text, in order,
 
-so changing any of them computes new features instead of reusing stale ones.
+so changing any of them computes new features instead of reusing stale ones. Each file stores a SHA-256 of every
+tensor in its metadata and is verified when a run opens it: a damaged file is named, deleted and recomputed.
 """
 
 import hashlib
@@ -24,8 +25,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from datasets import Image as ImageFeature
+from tqdm.auto import tqdm
 
-from .processing_mmsa import load_rgb_image
+from .processing_mmsa import IMAGE_LOADER_VERSION, load_rgb_image
 
 
 logger = logging.getLogger(__name__)
@@ -95,12 +97,20 @@ class CachedFeatures:
         return {"path": self.path, "kind": self.kind, "with_tokens": self.with_tokens, "_file": None}
 
 
+def progress(total: int, desc: str):
+    """A progress bar over posts (posts/s and ETA), shown on the main process only."""
+    main_process = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
+    return tqdm(total=total, desc=desc, unit="post", disable=not main_process, mininterval=2.0)
+
+
 @torch.no_grad()
-def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool, batch_size: int = 64):
+def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool, batch_size: int = 64,
+                           desc: str = "image features"):
     """Runs the image tower over a split with the eval transform: `{"pooled", "tokens"?}`."""
     mmsa_model.eval()
     device = next(mmsa_model.vision_model.parameters()).device
     pooled, tokens = [], []
+    bar = progress(len(split), desc)
     for start in range(0, len(split), batch_size):
         images = split[start : start + batch_size]["image"]
         pixels = torch.stack([image_processor.eval_transform(load_rgb_image(image)) for image in images])
@@ -108,6 +118,8 @@ def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool
         pooled.append(batch_pooled.float().cpu())
         if with_tokens:
             tokens.append(batch_tokens.float().cpu())
+        bar.update(len(images))
+    bar.close()
     result = {"pooled": torch.cat(pooled)}
     if with_tokens:
         result["tokens"] = torch.cat(tokens)
@@ -115,11 +127,13 @@ def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool
 
 
 @torch.no_grad()
-def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, batch_size: int = 64):
+def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, batch_size: int = 64,
+                          desc: str = "text features"):
     """Runs the text tower over a split: `{"pooled", "tokens"?, "lengths"?}`, tokens zero-padded to the longest."""
     mmsa_model.eval()
     device = next(mmsa_model.text_model.parameters()).device
     pooled, tokens, lengths = [], [], []
+    bar = progress(len(split), desc)
     for start in range(0, len(split), batch_size):
         texts = list(split[start : start + batch_size]["text"])
         encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
@@ -130,6 +144,8 @@ def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_to
         if with_tokens:
             tokens.extend(batch_tokens.float().cpu().unbind(0))
             lengths.append(encoded["attention_mask"].sum(dim=1).cpu())
+        bar.update(len(texts))
+    bar.close()
     result = {"pooled": torch.cat(pooled)}
     if with_tokens:
         result["tokens"] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)  # to the longest in the split
@@ -137,36 +153,81 @@ def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_to
     return result
 
 
+def tensor_checksum(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def verify_cache_file(path: Path) -> str | None:
+    """`None` if every tensor of the cache file matches the checksum stored with it, else what is wrong."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            names = list(handle.keys())
+            if not names or any(f"sha256:{name}" not in metadata for name in names):
+                return "no checksums stored"
+            for name in names:
+                if tensor_checksum(handle.get_tensor(name)) != metadata[f"sha256:{name}"]:
+                    return f"tensor {name!r} does not match its checksum"
+    except Exception as error:  # truncated or overwritten file: safetensors cannot parse it
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None
+
+
 def _cached(path: Path, compute, kind: str, with_tokens: bool) -> CachedFeatures:
     if path.is_file():
-        logger.info("Reusing cached %s features %s", kind, path)
-    else:
-        logger.info("Computing frozen %s features -> %s", kind, path)
-        tensors = {name: tensor.contiguous() for name, tensor in compute().items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(partial))
-        partial.replace(path)  # atomic: a killed run never leaves a half-written cache
+        problem = verify_cache_file(path)
+        if problem is None:
+            logger.info("Reusing cached %s features %s", kind, path)
+            return CachedFeatures(path, kind, with_tokens)
+        logger.warning("Cached %s features %s are damaged (%s): deleting and recomputing them.", kind, path, problem)
+        path.unlink(missing_ok=True)
+    logger.info("Computing frozen %s features -> %s", kind, path)
+    tensors = {name: tensor.contiguous() for name, tensor in compute().items()}
+    metadata = {f"sha256:{name}": tensor_checksum(tensor) for name, tensor in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)  # atomic: a killed run never leaves a half-written cache
     return CachedFeatures(path, kind, with_tokens)
 
 
-def cache_image_features(mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None) -> CachedFeatures:
+def _reuse_token_file(path_with_tokens: Path, kind: str) -> CachedFeatures | None:
+    """A pooled-only request served from an existing, intact file that holds tokens too (its `pooled` tensor)."""
+    if path_with_tokens.is_file() and verify_cache_file(path_with_tokens) is None:
+        logger.info("Reusing cached %s features %s (pooled features only)", kind, path_with_tokens)
+        return CachedFeatures(path_with_tokens, kind, with_tokens=False)
+    return None
+
+
+def cache_image_features(mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None,
+                         desc: str = "image features") -> CachedFeatures:
     """The frozen image tower's features of `split`, computed on first use."""
     tower = mmsa_model.vision_model
-    key = tower_fingerprint(tower, {"architecture": tower.config.architecture, "data": image_processor.data_config,
-                                    "tokens": with_tokens})
-    path = Path(cache_dir or default_cache_dir()) / "image" / key / f"{images_fingerprint(split)}.safetensors"
-    return _cached(path, lambda: compute_image_features(mmsa_model, image_processor, split, with_tokens), "image",
-                   with_tokens)
+
+    def path(tokens: bool) -> Path:
+        key = tower_fingerprint(tower, {"architecture": tower.config.architecture, "data": image_processor.data_config,
+                                        "tokens": tokens, "loader": IMAGE_LOADER_VERSION})
+        return Path(cache_dir or default_cache_dir()) / "image" / key / f"{images_fingerprint(split)}.safetensors"
+
+    if not with_tokens and (reused := _reuse_token_file(path(True), "image")):
+        return reused
+    return _cached(path(with_tokens), lambda: compute_image_features(mmsa_model, image_processor, split, with_tokens,
+                                                                     desc=desc), "image", with_tokens)
 
 
 def cache_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool,
-                        cache_dir=None) -> CachedFeatures:
+                        cache_dir=None, desc: str = "text features") -> CachedFeatures:
     """The frozen text tower's features of `split`, computed on first use."""
     vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-    key = tower_fingerprint(mmsa_model.text_model, {
-        "pooling": mmsa_model.config.text_pooling, "vocabulary": vocabulary, "max_length": max_length,
-        "lower_case": getattr(tokenizer, "do_lower_case", None), "tokens": with_tokens})
-    path = Path(cache_dir or default_cache_dir()) / "text" / key / f"{texts_fingerprint(split)}.safetensors"
-    return _cached(path, lambda: compute_text_features(mmsa_model, tokenizer, split, max_length, with_tokens), "text",
-                   with_tokens)
+
+    def path(tokens: bool) -> Path:
+        key = tower_fingerprint(mmsa_model.text_model, {
+            "pooling": mmsa_model.config.text_pooling, "vocabulary": vocabulary, "max_length": max_length,
+            "lower_case": getattr(tokenizer, "do_lower_case", None), "tokens": tokens,
+            "attention": mmsa_model.text_model.config._attn_implementation})
+        return Path(cache_dir or default_cache_dir()) / "text" / key / f"{texts_fingerprint(split)}.safetensors"
+
+    if not with_tokens and (reused := _reuse_token_file(path(True), "text")):
+        return reused
+    return _cached(path(with_tokens), lambda: compute_text_features(mmsa_model, tokenizer, split, max_length,
+                                                                    with_tokens, desc=desc), "text", with_tokens)

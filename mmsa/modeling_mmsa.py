@@ -12,13 +12,14 @@ published with it, with these differences from that code:
 - the text tower's pooled output falls back to a masked mean of its token states when the tower has no pooler.
 """
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel, TimmWrapperModel
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 from transformers.utils import logging
 
@@ -143,6 +144,17 @@ def run_encoder_layers(layers, hidden, padding_mask, output_attentions):
     return hidden, tuple(attentions)
 
 
+class MmsaImageTower(TimmWrapperModel):
+    """`TimmWrapperModel` (the headless timm model) that loads classification checkpoints without reporting their
+    classifier as unexpected: the tower never has one. timm's `pretrained_cfg["classifier"]` names it."""
+
+    def post_init(self):
+        super().post_init()
+        classifier = (self.timm_model.pretrained_cfg or {}).get("classifier") or "classifier"
+        names = {classifier, "classifier", "fc", "head.fc"}
+        self._keys_to_ignore_on_load_unexpected |= {rf"^(timm_model\.)?{re.escape(name)}\." for name in names}
+
+
 class MmsaPreTrainedModel(PreTrainedModel):
     config: MmsaConfig
     config_class = MmsaConfig
@@ -165,6 +177,26 @@ class MmsaPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_incomplete_weights: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose weights do not cover the model its config
+        describes (missing or mismatched tensors would otherwise be initialised at random, silently but for a
+        warning). `allow_incomplete_weights=True` accepts it, e.g. heads added to a saved `MmsaModel`."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = []
+        if info.get("missing_keys"):
+            missing = sorted(info["missing_keys"])
+            problems.append(f"{len(missing)} missing tensor(s): {', '.join(missing[:4])}" + (", ..." if len(missing) > 4 else ""))
+        if info.get("mismatched_keys"):
+            problems.append("tensors of other shapes " + ", ".join(
+                f"{key} {tuple(saved)} (model {tuple(expected)})" for key, saved, expected in info["mismatched_keys"]))
+        if problems and not allow_incomplete_weights:
+            raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match the config "
+                             f"({model.config.fusion}, {model.config.fusion_num_layers} fusion layer(s)): "
+                             + "; ".join(problems) + ". Pass allow_incomplete_weights=True to load it anyway.")
+        return (model, info) if want_info else model
+
+    @classmethod
     def from_text_vision_pretrained(
         cls,
         text_model_name_or_path: str | None = None,
@@ -184,7 +216,7 @@ class MmsaPreTrainedModel(PreTrainedModel):
             if text_model_name_or_path is None:
                 raise ValueError(f"fusion={probe.fusion!r} needs `text_model_name_or_path`.")
             text_model = AutoModel.from_pretrained(text_model_name_or_path)
-            config_kwargs["text_config"] = text_model.config
+            config_kwargs["text_config"] = text_model.config.to_dict()
         if probe.uses_vision:
             if vision_model_name_or_path is None:
                 raise ValueError(f"fusion={probe.fusion!r} needs `vision_model_name_or_path`.")
@@ -194,8 +226,8 @@ class MmsaPreTrainedModel(PreTrainedModel):
                     f"{vision_model_name_or_path} is a {vision_config.model_type!r} checkpoint; the image tower must be a "
                     "timm model in TimmWrapper format (config.json with `architecture`), e.g. `timm/resnet50.a1_in1k`."
                 )
-            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
-            config_kwargs["vision_config"] = vision_model.config
+            vision_model = MmsaImageTower.from_pretrained(vision_model_name_or_path)
+            config_kwargs["vision_config"] = vision_model.config.to_dict()
         config = MmsaConfig(**config_kwargs)
         model = cls(config, text_model=text_model, vision_model=vision_model)
         logger.info("Towers loaded from %s and %s; the fusion layers are newly initialised.", text_model_name_or_path,
@@ -272,10 +304,14 @@ class MmsaModel(MmsaPreTrainedModel):
         self.vision_model = self.image_projection = self.image_token_projection = None
         if config.uses_text:
             self.text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
+            # One config object for tower and model (as in VisionTextDualEncoder), keeping the tower's attention
+            # implementation, which a fresh sub-config does not carry.
+            config.text_config._attn_implementation = self.text_model.config._attn_implementation
             self.text_model.config = config.text_config
             self.text_projection = MmsaProjection(config.text_config.hidden_size, d, config.projection_dropout)
         if config.uses_vision:
             self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+            config.vision_config._attn_implementation = self.vision_model.config._attn_implementation
             self.vision_model.config = config.vision_config
             num_features = self.vision_model.timm_model.num_features
             self.image_projection = MmsaProjection(num_features, d, config.projection_dropout)

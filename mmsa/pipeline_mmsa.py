@@ -2,9 +2,7 @@
 
 import torch
 from transformers import Pipeline
-from transformers.image_utils import load_image
-
-from .processing_mmsa import load_rgb_image
+from .processing_mmsa import DEFAULT_IMAGE_TIMEOUT, load_rgb_image
 
 
 class MultimodalSentimentPipeline(Pipeline):
@@ -18,8 +16,10 @@ class MultimodalSentimentPipeline(Pipeline):
     >>> classifier([post_a, post_b], batch_size=16, top_k=None)  # every label, for each post
     ```
 
-    `image` is a PIL image, a file path or an http(s) URL; a model built for one modality (`text_only`,
-    `image_only`) needs only that key. `top_k=1` (default) gives the best label, `top_k=None` all labels.
+    `image` is a PIL image, a file path or an http(s) URL, read by `load_rgb_image` as in training (EXIF
+    orientation applied; a URL must arrive within `timeout` seconds, default 10: `classifier(post, timeout=3)` or
+    `pipeline(..., timeout=3)`); a model built for one modality (`text_only`, `image_only`) needs only that key.
+    `top_k=1` (default) gives the best label, `top_k=None` all labels.
 
     For speed: the image tower runs in channels-last memory format; `dtype=torch.bfloat16` halves the precision
     (on CPUs with AVX512-BF16/AMX and recent GPUs), and `torch_compile=True` compiles the image tower
@@ -35,13 +35,17 @@ class MultimodalSentimentPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.model.optimize_for_inference(channels_last=True, compile_vision=torch_compile)
 
-    def _sanitize_parameters(self, top_k="", **kwargs):
-        postprocess = {}
+    def _sanitize_parameters(self, top_k="", timeout=None, **kwargs):
+        preprocess, postprocess = {}, {}
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or timeout <= 0:
+                raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+            preprocess["timeout"] = timeout
         if top_k != "":
             postprocess["top_k"] = top_k
-        return {}, {}, postprocess
+        return preprocess, {}, postprocess
 
-    def preprocess(self, inputs):
+    def preprocess(self, inputs, timeout=DEFAULT_IMAGE_TIMEOUT):
         if not isinstance(inputs, dict):
             raise TypeError(f"Each input is a dict with 'text' and 'image', got {type(inputs).__name__}.")
         config = self.model.config
@@ -50,11 +54,9 @@ class MultimodalSentimentPipeline(Pipeline):
             raise ValueError(f"fusion={config.fusion!r} needs a non-empty 'text', got {text!r}.")
         if config.uses_vision and image is None:
             raise ValueError(f"fusion={config.fusion!r} needs an 'image'.")
-        if isinstance(image, str):
-            image = load_image(image)  # a file path or an http(s) URL
         encoded = self.processor(
             text=text if config.uses_text else None,
-            images=load_rgb_image(image) if config.uses_vision else None,
+            images=load_rgb_image(image, timeout=timeout) if config.uses_vision else None,
         )
         return dict(encoded)
 

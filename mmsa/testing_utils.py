@@ -101,3 +101,78 @@ def write_tiny_towers(folder, seed: int = 0):
     processor.tokenizer.save_pretrained(folder / "text")
     model.mmsa.vision_model.save_pretrained(folder / "vision")
     return folder / "text", folder / "vision"
+
+
+def behaviour_probe(seed: int = 0) -> dict:
+    """What today's modelling code computes, in a few numbers: for every fusion strategy, a tiny model is joined from
+    tiny towers with `from_text_vision_pretrained` under a fixed seed (so the fusion layers' initialisation is
+    covered), then its eval-mode logits on fixed posts and its logits after one AdamW step are recorded; the pixel
+    means of a fixed EXIF-rotated RGBA image through the processor cover the image route.
+
+    Results under `bench/results/` store this probe; a run whose probe differs from today's (beyond float noise)
+    was trained by other modelling code.
+    """
+    import io
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .configuration_mmsa import FUSION_STRATEGIES
+
+    torch.manual_seed(seed)
+    texts = ["i love this great day", "i hate this awful photo !"]
+    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 56, 4), dtype=np.uint8), mode="RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", exif=exif)
+    probe = {}
+    with tempfile.TemporaryDirectory() as folder:
+        text_dir, vision_dir = write_tiny_towers(folder, seed=seed)
+        for fusion in FUSION_STRATEGIES:
+            torch.manual_seed(seed)
+            # A wide initialiser, so that logits are of order 1 and any change of initialisation shows.
+            model = MmsaForSequenceClassification.from_text_vision_pretrained(
+                str(text_dir), str(vision_dir), fusion=fusion, fusion_hidden_size=16, fusion_num_heads=4,
+                classifier_hidden_size=8, initializer_range=0.5)
+            processor = MmsaProcessor.from_model_config(model.config, tiny_tokenizer(), max_length=32)
+            inputs = processor(text=texts, images=[image, Image.open(io.BytesIO(buffer.getvalue()))])
+            model.eval()
+            with torch.no_grad():
+                before = model(**inputs).logits
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            model(**inputs, labels=torch.tensor([2, 0])).loss.backward()
+            optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                after = model(**inputs).logits
+            probe[fusion] = [round(float(v), 6) for v in torch.cat([before.flatten(), after.flatten()])]
+        probe["pixels"] = [round(float(v), 6) for v in inputs["pixel_values"].mean(dim=(2, 3)).flatten()]
+    return probe
+
+
+def probes_match(a: dict, b: dict, tolerance: float = 1e-4) -> bool:
+    """Whether two `behaviour_probe` results agree (same keys, every number within `tolerance`)."""
+    if a.keys() != b.keys():
+        return False
+    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= tolerance for x, y in zip(a[k], b[k])) for k in a)
+
+
+def write_random_paper_towers(folder, tokenizer_source=None):
+    """Randomly initialised towers of the paper's real shapes, BERT-base and timm `resnet50`, built from their
+    configs (nothing downloaded), saved as `folder/text` (with a tokenizer: `tokenizer_source`'s, else the tiny one)
+    and `folder/vision`, for exercising `configs/paper_bert_resnet50.yaml` offline."""
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoTokenizer, BertConfig, TimmWrapperConfig
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source) if tokenizer_source else tiny_tokenizer()
+    text = AutoModel.from_config(BertConfig(vocab_size=max(len(tokenizer), 30522)))  # bert-base-uncased's shape
+    text.save_pretrained(folder / "text")
+    tokenizer.save_pretrained(folder / "text")
+    AutoModel.from_config(TimmWrapperConfig(architecture="resnet50")).save_pretrained(folder / "vision")
+    return folder / "text", folder / "vision"

@@ -124,8 +124,9 @@ def build_compute_metrics(id2label: dict[int, str]):
 
 
 def write_test_report(output_dir: str | Path, metrics: dict, predictions: np.ndarray, references: np.ndarray,
-                      id2label: dict[int, str]) -> dict:
-    """Writes `test_results.json`, `classification_report.txt` and `confusion_matrix.png` (+ `.json`)."""
+                      id2label: dict[int, str], post_ids: list | None = None, prefix: str = "test") -> dict:
+    """Writes `{prefix}_results.json`, `classification_report.txt`, `confusion_matrix.png` (+ `.json`) and, with
+    `post_ids`, `{prefix}_predictions.jsonl` (one `{"id", "label", "prediction"}` per post, label names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +136,11 @@ def write_test_report(output_dir: str | Path, metrics: dict, predictions: np.nda
     output_dir = Path(output_dir)
     names = [id2label[i] for i in sorted(id2label)]
     ids = list(range(len(names)))
-    (output_dir / "test_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (output_dir / f"{prefix}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if post_ids is not None:
+        rows = [{"id": i, "label": names[int(r)], "prediction": names[int(p)]}
+                for i, r, p in zip(post_ids, references, predictions)]
+        (output_dir / f"{prefix}_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = classification_report(references, predictions, labels=ids, target_names=names, digits=4,
                                    zero_division=0)
     (output_dir / "classification_report.txt").write_text(report)

@@ -253,3 +253,81 @@ def test_real_mvsa_single(mvsa_single_dir):
     assert not any(mark in text for text in texts for mark in ("\u00a1\u00ad", "\u00a1\u00b0", "\ufffd"))
     assert sum("\u2026" in text for text in texts) > 800
     assert report.text_encodings["gb18030"] + report.text_encodings["utf-8"] == 4511
+
+
+def test_output_dir_is_not_overwritten_without_asking(tmp_path, monkeypatch):
+    raw = write_fake_mvsa(tmp_path / "raw", fake_mvsa_posts(30))
+    out = tmp_path / "saved"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    args = ["build", "--raw_dir", str(raw), "--output_dir", str(out), "--num_proc", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        mvsa.main(args)
+    assert exit_info.value.code == 2 and (out / "README.md").read_text() == "my notes"
+
+    mvsa.main(args + ["--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["README.md", "build_report.json", "dataset_dict.json", "test", "train", "validation"])
+    first = load_from_disk(str(out))["test"]["id"]
+
+    # A build that fails while saving leaves the dataset that was there intact.
+    def broken_card(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("mmsa.dataset_card.mvsa_dataset_card", broken_card)
+    with pytest.raises(RuntimeError, match="disk full"):
+        mvsa.main(args + ["--overwrite", "--seed", "7"])
+    assert load_from_disk(str(out))["test"]["id"] == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "saved"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("case", ["space_separated", "header_only", "all_conflicting"])
+def test_a_build_that_keeps_nothing_fails_with_the_reasons(tmp_path, case):
+    posts = {i: ("positive,negative", f"text {i}") for i in range(1, 6)}
+    raw = write_fake_mvsa(tmp_path / "raw", posts if case != "header_only" else {})
+    if case == "space_separated":
+        rows = ["ID\ttext,image"] + [f"{i} positive,positive" for i in range(1, 6)]
+        (raw / "labelResultAll.txt").write_text("\r\n".join(rows) + "\r\n")
+    with pytest.raises(MvsaFormatError, match="no post kept") as error:
+        build(raw)
+    expected = {"space_separated": "5 malformed_row", "header_only": "no label rows",
+                "all_conflicting": "5 label_conflict"}[case]
+    assert expected in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        mvsa.main(["build", "--raw_dir", str(raw), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])
+    assert exit_info.value.code == 1 and not (tmp_path / "out").exists()
+
+
+def test_single_class_splits_are_warned_about(tmp_path, caplog):
+    raw = write_fake_mvsa(tmp_path / "raw", {i: ("positive,positive", f"good {i}") for i in range(1, 21)})
+    with caplog.at_level("WARNING", logger="mmsa.data"):
+        build(raw)
+    assert "holds a single class (positive)" in caplog.text
+
+
+def test_text_and_label_file_encodings(tmp_path):
+    posts = fake_mvsa_posts(12)
+    posts[1] = ("positive,positive", b"\xef\xbb\xbfhello with a BOM")
+    raw = write_fake_mvsa(tmp_path / "raw", posts)
+    dataset, report = build(raw)
+    texts = {i: t for split in dataset.values() for i, t in zip(split["id"], split["text"])}
+    assert texts["1"] == "hello with a BOM"
+
+    label_file = raw / "labelResultAll.txt"
+    utf8 = label_file.read_bytes()
+    for encoded in (b"\xef\xbb\xbf" + utf8, utf8.decode().encode("utf-16")):
+        label_file.write_bytes(encoded)
+        assert all_ids(build(raw)[0]) == all_ids(dataset)
+    label_file.write_bytes(utf8.replace(b"ID", b"I\xff"))
+    with pytest.raises(MvsaFormatError, match=r"labelResultAll.txt: not UTF-8 text"):
+        build(raw)
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "\u00b2", "12a"])
+def test_non_numeric_ids_are_counted_skips(tmp_path, bad_id):
+    raw = write_fake_mvsa(tmp_path / "raw", fake_mvsa_posts(12), extra_rows=[f"{bad_id}\tpositive,positive"])
+    dataset, report = build(raw)
+    assert report.skipped["malformed_row"] == 1
+    assert report.kept + sum(report.skipped.values()) == report.label_rows
+    with pytest.raises(MvsaFormatError, match=r"line 14 \(id .*\): malformed_row: id .* is not a number"):
+        build(raw, strict=True)

@@ -97,3 +97,66 @@ def test_truncation_and_missing_inputs():
     assert long["input_ids"].shape[1] == processor.max_length
     with pytest.raises(ValueError, match="text"):
         processor()
+
+
+def route_test_images(folder):
+    """The same picture saved four hard ways: RGBA PNG, 16-bit PNG, palette GIF, and a JPEG stored sideways with
+    an EXIF orientation tag (6: rotate 90 degrees clockwise to view)."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 46, 3), dtype=np.uint8))
+    paths = {}
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(rng.integers(0, 256, (30, 46), dtype=np.uint8)))
+    rgba.save(paths.setdefault("rgba_png", folder / "rgba.png"))
+    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 40)).save(
+        paths.setdefault("16bit_png", folder / "deep.png"))
+    rgb.convert("P").save(paths.setdefault("palette_gif", folder / "palette.gif"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.transpose(Image.Transpose.ROTATE_90).save(paths.setdefault("exif_jpeg", folder / "sideways.jpg"), exif=exif,
+                                                  quality=95)
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["rgba_png", "16bit_png", "palette_gif", "exif_jpeg"])
+def test_every_route_gives_the_same_pixels(kind, tmp_path, tiny_run):
+    """Training, the feature cache, the processor (path, PIL image, bytes), the pipeline (path, URL) and the CLI all
+    read an image through `load_rgb_image`: identical pixel_values."""
+    import functools
+    import http.server
+    import threading
+
+    from datasets import Dataset, Image as ImageFeature
+
+    from mmsa import cli
+    from mmsa.training import make_transform
+
+    path = route_test_images(tmp_path)[kind]
+    classifier = cli.load_classifier(str(tiny_run))
+    processor = classifier.processor
+    reference = processor(images=str(path))["pixel_values"][0]
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+    try:
+        rows = Dataset.from_dict({"image": [str(path)], "text": ["x"], "label": [0]}).cast_column("image", ImageFeature())
+        routes = {
+            "processor, PIL image": processor(images=Image.open(path))["pixel_values"][0],
+            "processor, bytes": processor(images={"bytes": path.read_bytes(), "path": None})["pixel_values"][0],
+            "training / evaluation transform": rows.with_transform(make_transform(processor, False, 16))[0][
+                "pixel_values"],
+            "feature cache": processor.image_processor.eval_transform(load_rgb_image(rows[0]["image"])),
+            "pipeline, path": classifier.preprocess({"text": "x", "image": str(path)})["pixel_values"][0],
+            "pipeline, URL": classifier.preprocess({"text": "x", "image": url})["pixel_values"][0],
+            "CLI": processor(images=cli.read_post({"text": "x", "image": path.name}, tmp_path,
+                                                  classifier.model.config)["image"])["pixel_values"][0],
+        }
+    finally:
+        server.shutdown()
+    for route, pixels in routes.items():
+        assert torch.equal(pixels, reference), route
+    if kind == "exif_jpeg":
+        upright = load_rgb_image(path)
+        assert upright.size == (46, 30)  # stored 30 wide and 46 high; shown upright after the EXIF rotation

@@ -25,19 +25,8 @@ from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa, write_tiny_towe
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("release")
-    text, vision = write_tiny_towers(folder / "towers")
-    raw = write_fake_mvsa(folder / "raw", fake_mvsa_posts(60, seed=4))
-    output_dir = folder / "run"
-    train_hf.main([
-        "--text_model_name_or_path", str(text), "--vision_model_name_or_path", str(vision),
-        "--dataset_name_or_path", str(raw), "--output_dir", str(output_dir), "--fusion", "mm_transformer",
-        "--fusion_hidden_size", "16", "--fusion_num_heads", "4", "--num_train_epochs", "2",
-        "--head_learning_rate", "3e-3", "--disable_tqdm", "true",
-        "--feature_cache_dir", str(folder / "cache"),
-    ])
-    return output_dir
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def posts_for(folder: Path):
@@ -207,7 +196,9 @@ def test_pipeline_inputs_and_outputs(run_dir, tmp_path, image_server):
         assert [o["label"] for o in batched] == [o["label"] for o in single]
         assert [o["score"] for o in batched] == pytest.approx([o["score"] for o in single], abs=1e-5)
     url_image = Image.open(tmp_path / "served.png")
-    assert classifier({"text": "i love this", "image": url_image}, top_k=None) == pytest.approx(everything[3])
+    from_pil = classifier({"text": "i love this", "image": url_image}, top_k=None)
+    assert [o["label"] for o in from_pil] == [o["label"] for o in everything[3]]
+    assert [o["score"] for o in from_pil] == pytest.approx([o["score"] for o in everything[3]], abs=1e-6)
     with pytest.raises(ValueError, match="non-empty 'text'"):
         classifier({"text": " ", "image": posts[0]["image"]})
 
@@ -230,7 +221,7 @@ def test_cli_predict_single_batch_and_evaluate(run_dir, tmp_path, capsys):
     (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
     counts = cli.run(["predict", "--model", str(run_dir), "--input", str(tmp_path / "posts.jsonl"),
                        "--output", str(tmp_path / "preds.jsonl"), "--batch_size", "2"])
-    assert counts == {"predicted": 2, "errors": 4}
+    assert counts == {"rows": 6, "predicted": 2, "errors": 4, "blank_lines": 0}
     records = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[0]["id"] == "a" and "label" in records[0] and records[5]["id"] == "e" and "label" in records[5]

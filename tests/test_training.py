@@ -195,7 +195,9 @@ def test_frozen_text_features_are_cached_and_equivalent(assets, tmp_path, fusion
 def test_training_on_cached_features_of_both_towers(assets, tmp_path):
     metrics = train_hf.main(tiny_args(assets, tmp_path / "run", "--fusion", "cmac", "--num_train_epochs", "2",
                                       "--freeze_text_backbone", "true", "--freeze_vision_backbone", "true"))
-    assert 0 <= metrics["test_accuracy"] <= 1
+    rows = [json.loads(line) for line in (tmp_path / "run" / "test_predictions.jsonl").read_text().splitlines()]
+    assert metrics["test_accuracy"] == pytest.approx(np.mean([r["label"] == r["prediction"] for r in rows]))
+    assert [r["id"] for r in rows] == build_mvsa(assets["raw"], num_proc=1)["test"]["id"]
     assert len(list((tmp_path / "feature_cache").rglob("*.safetensors"))) == 6  # 3 splits x 2 towers
 
 
@@ -255,7 +257,7 @@ def test_killed_run_resumes_to_the_same_result(assets, tmp_path):
 
     resumed = run_script(["train_hf.py", *tiny_args(assets, tmp_path / "b", *common)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming training" in (resumed.stdout + resumed.stderr).lower()
+    assert f"resuming this run from {tmp_path / 'b'}" in (resumed.stdout + resumed.stderr).lower()
 
     def results(name):
         values = json.loads((tmp_path / name / "test_results.json").read_text())
@@ -265,3 +267,117 @@ def test_killed_run_resumes_to_the_same_result(assets, tmp_path):
     history = [json.loads((tmp_path / n / "trainer_state.json").read_text())["log_history"] for n in ("a", "b")]
     strip = [[{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in h] for h in history]
     assert strip[0][:-1] == strip[1][:-1]  # every per-epoch loss and validation metric
+
+
+@pytest.mark.slow
+def test_paper_configuration_trains_both_towers_at_their_own_learning_rates(mvsa_single_dir, tmp_path):
+    """configs/paper_bert_resnet50.yaml as it is, with random towers of the real shapes (BERT-base, timm resnet50)
+    in place of the Hub checkpoints: two steps on real posts; every part moves by about its own learning rate."""
+    from safetensors.torch import load_file
+    from transformers import set_seed
+
+    from mmsa.testing_utils import write_random_paper_towers
+
+    tokenizer = ROOT / "backbones" / "text"  # bert-base-uncased's vocabulary, as the paper's tokenizer
+    text, vision = write_random_paper_towers(tmp_path / "towers", tokenizer if tokenizer.is_dir() else None)
+    output_dir = tmp_path / "run"
+    argv = [str(ROOT / "configs" / "paper_bert_resnet50.yaml"), "--text_model_name_or_path", str(text),
+            "--vision_model_name_or_path", str(vision), "--dataset_name_or_path", str(mvsa_single_dir),
+            "--output_dir", str(output_dir), "--max_train_samples", "32", "--max_eval_samples", "4",
+            "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
+            "--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--disable_tqdm", "true"]
+    # The model exactly as train_hf.py initialises it (same seed, same arguments), to measure how far training moved it.
+    model_args, data_args, training_args = train_hf.parse_args(argv)
+    set_seed(training_args.seed)
+    before = train_hf.build_model_and_processor(model_args, data_args, None)[0].state_dict()
+    train_hf.main(argv)
+
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    trained = load_file(output_dir / "model.safetensors")
+    changes = {"text": 0.0, "vision": 0.0, "head": 0.0}
+    for key, value in before.items():
+        if value.is_floating_point() and "running_" not in key:
+            part = ("text" if key.startswith("mmsa.text_model.") else
+                    "vision" if key.startswith("mmsa.vision_model.") else "head")
+            changes[part] = max(changes[part], (trained[key] - value).abs().max().item())
+    config = yaml.safe_load((ROOT / "configs" / "paper_bert_resnet50.yaml").read_text())
+    rates = {"text": config["text_learning_rate"], "vision": config["vision_learning_rate"],
+             "head": config["head_learning_rate"]}
+    assert rates == {"text": 5e-6, "vision": 5e-6, "head": 5e-5}
+    # AdamW moves a weight by at most about lr per step (lr, then lr/2 with the linear schedule): a part without
+    # gradients would not move, and the towers trained at the head's rate would move ten times as far.
+    for part, lr in rates.items():
+        assert 0.5 * lr <= changes[part] <= 3 * lr, (part, changes[part], lr)
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(assets, tmp_path):
+    output_dir = tmp_path / "run"
+    common = ["--fusion", "naive_cat", "--num_train_epochs", "1", "--freeze_vision_backbone", "true"]
+    train_hf.main(tiny_args(assets, output_dir, *common))
+    first = (output_dir / "model.safetensors").read_bytes()
+    checkpoint = next(output_dir.glob("checkpoint-*"))
+    assert json.loads((checkpoint / train_hf.RUN_FINGERPRINT).read_text())["model_args"]["fusion"] == "naive_cat"
+
+    other_data = write_fake_mvsa(tmp_path / "other_raw", fake_mvsa_posts(50, seed=9))
+    other = [a if a != assets["raw"] else str(other_data) for a in tiny_args(assets, output_dir, *common)]
+    with pytest.raises(ValueError, match="holds a checkpoint of another run, not resumed: dataset: .*--overwrite_output_dir"):
+        train_hf.main(other)
+    with pytest.raises(ValueError, match=r"model_args.head_learning_rate: 0.002 -> 0.01"):
+        train_hf.main(tiny_args(assets, output_dir, *common, "--head_learning_rate", "1e-2"))
+    assert (output_dir / "model.safetensors").read_bytes() == first
+
+    train_hf.main(other + ["--overwrite_output_dir", "true"])
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] > 0 and (output_dir / "model.safetensors").read_bytes() != first
+    assert json.loads((output_dir / "run_info.json").read_text())["dataset"] == str(other_data)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_feature_cache_file_is_named_deleted_and_recomputed(assets, tmp_path, damage, caplog):
+    model_args, data_args, _ = train_hf.parse_args(tiny_args(assets, tmp_path / "run", "--fusion", "ote",
+                                                              "--freeze_vision_backbone", "true"))
+    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    split = build_mvsa(assets["raw"], num_proc=1)["validation"]
+    cached = cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path / "cache")
+    good = cached.path.read_bytes()
+    if damage == "truncate":
+        cached.path.write_bytes(good[: len(good) // 2])
+    else:  # same size, one float changed: only the checksum can tell
+        cached.path.write_bytes(good[:-8] + bytes(b ^ 0xFF for b in good[-8:]))
+    with caplog.at_level("WARNING", logger="mmsa.feature_cache"):
+        again = cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path / "cache")
+    assert f"Cached image features {cached.path} are damaged" in caplog.text
+    assert again.path == cached.path and again.path.read_bytes() == good
+    assert feature_cache.verify_cache_file(again.path) is None
+
+
+def test_one_class_training_data_is_warned_about_or_refused(tmp_path, assets, caplog):
+    one_class = write_fake_mvsa(tmp_path / "raw", {i: ("positive,positive", f"i love this {i}") for i in range(1, 21)})
+    args = [a if a != assets["raw"] else str(one_class) for a in tiny_args(assets, tmp_path / "run", "--fusion",
+                                                                            "text_only", "--num_train_epochs", "1")]
+    with pytest.raises(ValueError, match=r"the train split holds a single class \(positive\).*\(--strict\)"):
+        train_hf.main(args + ["--strict", "true"])
+    with caplog.at_level("WARNING", logger="train_hf"):
+        train_hf.main(args)
+    assert "the train split holds a single class (positive)" in caplog.text
+
+
+def test_python_and_accelerate_launch_give_the_same_run(assets, tmp_path):
+    """`accelerate launch` sets OMP_NUM_THREADS=1; train_hf.py sets the thread count itself, so both launchers
+    train with the same float arithmetic: identical per-epoch losses and metrics."""
+    common = ["--fusion", "cmac", "--num_train_epochs", "2", "--seed", "3", "--freeze_vision_backbone", "true"]
+    plain = run_script(["train_hf.py", *tiny_args(assets, tmp_path / "python", *common)])
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    accelerate = shutil.which("accelerate")
+    launcher = (accelerate, "launch") if accelerate else (sys.executable, "-m", "accelerate.commands.launch")
+    launched = run_script(["--num_processes", "1", "train_hf.py", *tiny_args(assets, tmp_path / "accelerate", *common)],
+                          launcher=launcher)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+    def history(name):
+        entries = json.loads((tmp_path / name / "trainer_state.json").read_text())["log_history"]
+        return [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in entries]
+
+    assert history("python") == history("accelerate")
+    threads = {json.loads((tmp_path / n / "run_info.json").read_text())["torch_threads"] for n in ("python", "accelerate")}
+    assert len(threads) == 1

@@ -1,0 +1,185 @@
+"""The README's result tables, rendered from the run files under `bench/results/`.
+
+    python bench/results_tables.py            # rewrite the tables in README.md (and bench/results/*.md)
+    python bench/results_tables.py --check    # exit 1 if README.md differs from what the results give
+
+Each table sits in README.md between `<!-- table:NAME -->` and `<!-- /table:NAME -->`; nothing between the markers
+is written by hand. Every run file records the git commit it was trained at, the `mmsa` version and the behaviour
+probe of its modelling code (`mmsa.testing_utils.behaviour_probe`), so a test can tell a row trained by other
+modelling code from one today's code reproduces.
+"""
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+ORDER = ("text_only", "image_only", "naive_cat", "naive_combine", "cmac", "hstec", "ote", "mm_transformer")
+METRICS = ("test_accuracy", "test_macro_f1", "test_weighted_f1")
+PUBLISHED = [
+    ("Paper: BERT only (bert-base)", "70.5", "", ""),
+    ("Paper: ResNet only (ResNet-50)", "65.75", "", ""),
+    ("Paper: ote (BERT + ResNet-50)", "74.5", "73", ""),
+    ("CLMLF (Li et al., 2022)", "75.33", "", "73.46"),
+]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def paper_runs() -> list[dict]:
+    """The paper-table runs: `bench/results/<fusion>_seed<seed>.json`."""
+    return [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*_seed*.json"))]
+
+
+def sweep_runs(fusion: str) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((RESULTS / "sweep" / fusion).glob("*_seed*.json"))]
+
+
+def all_runs() -> list[tuple[Path, dict]]:
+    """Every run file that a README table is made from."""
+    paths = sorted(RESULTS.glob("*_seed*.json")) + sorted(RESULTS.glob("sweep/*/*_seed*.json"))
+    return [(path, json.loads(path.read_text())) for path in paths]
+
+
+def paper_summary() -> dict:
+    rows = {}
+    for result in paper_runs():
+        rows.setdefault(result["fusion"], []).append(result)
+    summary = {}
+    for fusion in [f for f in ORDER if f in rows] + sorted(set(rows) - set(ORDER)):
+        results = sorted(rows[fusion], key=lambda r: r["seed"])
+        entry = {"seeds": [r["seed"] for r in results],
+                 "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in results]}
+        for key in METRICS:
+            entry[key] = [100 * r[key] for r in results]
+        entry["per_class_f1"] = {label: [100 * r["per_class_f1"][label] for r in results]
+                                 for label in results[0]["per_class_f1"]}
+        entry["minutes"] = statistics.mean(r["seconds"] for r in results) / 60
+        summary[fusion] = entry
+    return summary
+
+
+def selected_fusion(summary: dict) -> str | None:
+    """The fusion with the best mean validation macro-F1 (test figures play no part)."""
+    complete = {f: e for f, e in summary.items() if len(e["seeds"]) == max(len(e["seeds"]) for e in summary.values())}
+    return max(complete, key=lambda f: mean_std(complete[f]["validation_macro_f1"])[0]) if complete else None
+
+
+def paper_table_markdown() -> str:
+    summary = paper_summary()
+    best = selected_fusion(summary)
+    lines = [
+        "| model | seeds | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 | test F1 neg / neu / pos "
+        "| minutes per run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for fusion, entry in summary.items():
+        name = f"**`{fusion}`**" if fusion == best else f"`{fusion}`"
+        per_class = " / ".join(f"{mean_std(v)[0]:.1f}" for v in entry["per_class_f1"].values())
+        lines.append(f"| {name} (MiniLM-L6 + EfficientNet-Lite0) | {len(entry['seeds'])} | "
+                     f"{cell(entry['validation_macro_f1'])} | " + " | ".join(cell(entry[k]) for k in METRICS)
+                     + f" | {per_class} | {entry['minutes']:.1f} |")
+    for name, accuracy, macro, weighted in PUBLISHED:
+        lines.append(f"| {name} | published |  | {accuracy} | {macro} | {weighted} |  |  |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_summary(fusion: str) -> tuple[dict, str | None]:
+    rows = {}
+    for result in sweep_runs(fusion):
+        rows.setdefault(result["variant"], []).append(result)
+    summary = {}
+    for name, runs in rows.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        summary[name] = {"flags": runs[0].get("flags", ""), "seeds": [r["seed"] for r in runs],
+                         "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in runs],
+                         **{key: [100 * r[key] for r in runs] for key in METRICS}}
+    most = max((len(r["seeds"]) for r in summary.values()), default=0)
+    complete = {n: r for n, r in summary.items() if len(r["seeds"]) == most}
+    selected = max(complete, key=lambda n: mean_std(complete[n]["validation_macro_f1"])[0]) if complete else None
+    return summary, selected
+
+
+def sweep_markdown(fusion: str) -> str:
+    summary, selected = sweep_summary(fusion)
+    seeds = sorted({s for row in summary.values() for s in row["seeds"]})
+    lines = [f"`{fusion}`, seeds {' '.join(map(str, seeds))}; selected on mean validation macro-F1 (**bold**).", "",
+             "| variant | train_hf.py flags | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 |",
+             "|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        label = f"**{name}**" if name == selected else name
+        lines.append(f"| {label} | `{row['flags'] or '(none)'}` | {cell(row['validation_macro_f1'])} | "
+                     + " | ".join(cell(row[key]) for key in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def inference_markdown() -> str:
+    data = json.loads((RESULTS / "inference_speed.json").read_text())
+    lines = ["| setting | direct processor + model call | pipeline | peak RSS | predictions equal to float32 "
+             "| test accuracy |", "|---|---|---|---|---|---|"]
+    for name, result in data["results"].items():
+        pipeline = f"{result['pipeline_posts_per_s']:.1f}" if "pipeline_posts_per_s" in result else "-"
+        agreement = ("(baseline)" if name == next(iter(data["results"]))
+                     else f"{100 * result['agreement_with_baseline']:.1f}%")
+        lines.append(f"| {data['settings'][name].get('description', name)} | {result['direct_posts_per_s']:.1f} | "
+                     f"{pipeline} | {result['peak_rss_mb']:.0f} MB | {agreement} | {100 * result['accuracy']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def tables() -> dict[str, str]:
+    rendered = {"paper": paper_table_markdown(), "inference": inference_markdown()}
+    for folder in sorted((RESULTS / "sweep").glob("*")):
+        if folder.is_dir():
+            rendered[f"sweep:{folder.name}"] = sweep_markdown(folder.name)
+    return rendered
+
+
+def render(text: str, rendered: dict[str, str]) -> str:
+    """`text` with the content between each table's markers replaced by its rendering."""
+    for name, markdown in rendered.items():
+        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README.md has no <!-- table:{name} --> ... <!-- /table:{name} --> markers")
+        text = pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md is out of date")
+    args = parser.parse_args(argv)
+    rendered = tables()
+    current = README.read_text()
+    expected = render(current, rendered)
+    if args.check:
+        if expected != current:
+            print("README.md's result tables differ from bench/results: run python bench/results_tables.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(expected)
+    (RESULTS / "paper_table.md").write_text(rendered["paper"])
+    (RESULTS / "paper_table.json").write_text(json.dumps(paper_summary(), indent=2) + "\n")
+    for name, markdown in rendered.items():
+        if name.startswith("sweep:"):
+            (RESULTS / "sweep" / name.split(":", 1)[1] / "sweep.md").write_text(markdown)
+    print("\n\n".join(rendered.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
