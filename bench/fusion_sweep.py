@@ -31,10 +31,12 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--variant", action="append", default=[], help="NAME=FLAGS for train_hf.py")
     parser.add_argument("--table_only", action="store_true")
+    parser.add_argument("--skip_base", action="store_true",
+                        help="do not fill in the base variant (another process does), e.g. to run variants in parallel")
     args = parser.parse_args()
     folder = RESULTS / "sweep" / args.fusion
     folder.mkdir(parents=True, exist_ok=True)
-    variants = {"base config": []}
+    variants = {} if args.skip_base else {"base config": []}
     for spec in args.variant:
         name, _, flags = spec.partition("=")
         variants[name.strip()] = shlex.split(flags)
