@@ -27,8 +27,13 @@ from mmsa.model_card import build_model_card
 logger = logging.getLogger("push_to_hub")
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "test_results.json", "trainer_state.json", "run_info.json")
-EXTRA_FILES = ("confusion_matrix.png", "confusion_matrix.json", "test_results.json", "classification_report.txt",
-               "all_results.json")
+EXTRA_FILES = (
+    "confusion_matrix.png",
+    "confusion_matrix.json",
+    "test_results.json",
+    "classification_report.txt",
+    "all_results.json",
+)
 
 
 class PublishError(RuntimeError):
@@ -89,8 +94,9 @@ def publish(args) -> str:
             f"Upload MMSA model ({json.loads((folder / 'config.json').read_text())['fusion']}; "
             f"test accuracy {test['test_accuracy']:.4f}, macro-F1 {test['test_macro_f1']:.4f})"
         )
-        commit = api.upload_folder(repo_id=args.repo_id, folder_path=str(folder), revision=args.revision,
-                                   commit_message=message)
+        commit = api.upload_folder(
+            repo_id=args.repo_id, folder_path=str(folder), revision=args.revision, commit_message=message
+        )
     if args.tag:
         api.create_tag(args.repo_id, tag=args.tag, revision=args.revision, tag_message=f"Release {args.tag}")
     if args.dataset_dir:
@@ -113,10 +119,15 @@ def parse_args(argv=None):
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry_run", metavar="DIR", default=None, help="write the upload folder here, upload nothing")
     parser.add_argument("--commit_message", default=None)
-    parser.add_argument("--license", default="other", help="model license for the card (default: other, research-only)")
+    parser.add_argument(
+        "--license", default="other", help="model license for the card (default: other, research-only)"
+    )
     parser.add_argument("--dataset_dir", default=None, help="also publish this saved MVSA dataset folder")
-    parser.add_argument("--dataset_repo_id", default=None,
-                        help="Hub dataset repository (default: USER/mvsa-single, USER taken from --repo_id)")
+    parser.add_argument(
+        "--dataset_repo_id",
+        default=None,
+        help="Hub dataset repository (default: USER/mvsa-single, USER taken from --repo_id)",
+    )
     args = parser.parse_args(argv)
     if args.dataset_repo_id is None:
         args.dataset_repo_id = f"{args.repo_id.split('/')[0]}/mvsa-single" if "/" in args.repo_id else "mvsa-single"

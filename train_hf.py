@@ -2,42 +2,58 @@
 """Fine-tune an MMSA model (text tower + image tower + fusion head) on MVSA with the Hugging Face `Trainer`.
 
     accelerate launch train_hf.py configs/offline_minilm_effnet.yaml [--flag value ...]
-    accelerate launch --cpu --num_processes 2 train_hf.py --text_model_name_or_path T --vision_model_name_or_path V \
-        --dataset_name_or_path MVSA_Single --output_dir runs/ote
+    accelerate launch train_hf.py --text_model_name_or_path T --vision_model_name_or_path V --fusion cmac \\
+        --config_overrides "fusion_hidden_size=128,fusion_num_layers=2" --dataset_name_or_path MVSA_Single
+    torchrun --nproc_per_node 2 train_hf.py configs/offline_minilm_effnet.yaml    # CPU DDP over gloo
 
-Arguments come from the command line, from one YAML/JSON file, or from a file followed by flags that override it.
+Shaped like transformers' `examples/pytorch/text-classification/run_classification.py`. Arguments come from the
+command line, from one YAML/JSON file, or from a file followed by flags that override it. Model hyperparameters are
+`MmsaConfig` fields, set with `--config_overrides "name=value,..."`; each field may also be given as its own flag or
+YAML key (`--fusion_hidden_size 128`), which is folded into the overrides, so the defaults live in `MmsaConfig`
+alone. `--do_train`, `--do_eval` (validation) and `--do_predict` (test, with the report) are all on by default.
 `--dataset_name_or_path` is a raw MVSA release folder, a `save_to_disk` folder or a Hub dataset id; without it the
 raw folder in `$MVSA_SINGLE_DIR` is used. `output_dir` ends up a loadable model folder (config, weights, processor,
-custom code) with `test_results.json`, `classification_report.txt` and `confusion_matrix.png`.
+custom code) with `test_results.json`, `test_predictions.jsonl`, `classification_report.txt`, `confusion_matrix.png`
+and `run_info.json`. `--push_to_hub` publishes it with `push_to_hub.py` (model card and all).
 """
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
 import yaml
-from transformers import (
-    AutoTokenizer,
-    EarlyStoppingCallback,
-    HfArgumentParser,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, get_last_checkpoint
 
-from mmsa import FUSION_STRATEGIES, MmsaConfig, MmsaForSequenceClassification, MmsaProcessor
-from mmsa.data import LABELS, load_mvsa
+from mmsa import FUSION_NEEDS, MmsaConfig
+from mmsa.configuration_mmsa import SENTIMENT_LABELS
+from mmsa.data import load_mvsa
 from mmsa.feature_cache import cache_image_features, cache_text_features
-from mmsa.training import MmsaDataCollator, MmsaTrainer, build_compute_metrics, make_transform, write_test_report
+from mmsa.training import (
+    MmsaDataCollator,
+    MmsaTrainer,
+    RunFingerprintCallback,
+    RunInfoCallback,
+    build_compute_metrics,
+    build_model_and_processor,
+    check_label_coverage,
+    class_weights_from,
+    cores_per_process,
+    fingerprint_mismatch,
+    make_transform,
+    parse_config_overrides,
+    run_fingerprint,
+    set_cpu_threads,
+    write_test_report,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -57,21 +73,18 @@ class ModelArguments:
         default=None,
         metadata={"help": "Continue from a saved MMSA model folder (overrides the tower and fusion arguments)."},
     )
-    fusion: str = field(default="ote", metadata={"help": f"Fusion strategy, one of {', '.join(FUSION_STRATEGIES)}."})
-    text_pooling: str = field(default="pooler", metadata={"help": "Sentence vector of the text tower: pooler|mean|cls."})
-    fusion_hidden_size: int = field(default=64, metadata={"help": "Width d of the projected features."})
-    fusion_num_heads: int = field(default=8, metadata={"help": "Attention heads of the fusion layers."})
-    fusion_num_layers: int = field(default=1, metadata={"help": "Transformer layers of hstec / ote / mm_transformer."})
-    projection_dropout: float = field(default=0.2, metadata={"help": "Dropout before the feature projections."})
-    attention_dropout: float = field(default=0.4, metadata={"help": "Dropout inside the fusion layers."})
-    classifier_dropout: float = field(default=0.5, metadata={"help": "Dropout of the classification heads."})
-    classifier_hidden_size: int = field(default=128, metadata={"help": "Hidden width of the classification heads."})
+    fusion: str = field(default="ote", metadata={"help": f"Fusion strategy, one of {', '.join(FUSION_NEEDS)}."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "MmsaConfig fields to change from their defaults, e.g. "
+            '"fusion_hidden_size=128,fusion_num_layers=2,text_pooling=mean,freeze_vision_backbone=true".'
+        },
+    )
     class_weights: str | None = field(
         default=None,
         metadata={"help": "Loss class weights: 'balanced' (from the train split) or comma-separated, one per label."},
     )
-    freeze_text_backbone: bool = field(default=False, metadata={"help": "Keep the text tower fixed."})
-    freeze_vision_backbone: bool = field(default=False, metadata={"help": "Keep the image tower fixed."})
     text_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the text tower."})
     vision_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the image tower."})
     head_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the fusion layers and heads."})
@@ -88,23 +101,29 @@ class DataArguments:
     split_file: str | None = field(default=None, metadata={"help": "JSON ids per split to use instead."})
     max_text_length: int = field(default=128, metadata={"help": "Texts are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training posts."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation/test posts."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N validation/test posts."}
+    )
     cache_frozen_features: bool = field(
         default=True,
-        metadata={"help": "Compute a frozen tower's features once per post and reuse them from disk (frozen image "
-                          "towers then see the deterministic eval transform: no augmentation)."},
+        metadata={
+            "help": "Compute a frozen tower's features once per post and reuse them from disk (frozen image "
+            "towers then see the deterministic eval transform: no augmentation)."
+        },
     )
     feature_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where cached features live (default: $MMSA_CACHE/features or "
-                                        "~/.cache/mmsa/features)."}
+        default=None,
+        metadata={"help": "Where cached features live (default: $MMSA_CACHE/features or ~/.cache/mmsa/features)."},
     )
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many evaluations without improvement (0: never)."}
     )
     strict: bool = field(
         default=False,
-        metadata={"help": "Refuse to train when the training split has a single class or a split lacks a class "
-                          "(otherwise a warning)."},
+        metadata={
+            "help": "Refuse to train when the training split has a single class or a split lacks a class "
+            "(otherwise a warning)."
+        },
     )
 
 
@@ -113,12 +132,17 @@ class MmsaTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the defaults of the paper's code and of this task."""
 
     output_dir: str | None = field(default="runs/mmsa", metadata={"help": "Where checkpoints and the model go."})
+    do_train: bool = field(default=True, metadata={"help": "Train (off: evaluate --model_name_or_path as it is)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on the validation split."})
+    do_predict: bool = field(default=True, metadata={"help": "Evaluate on the test split and write the report."})
     num_train_epochs: float = field(default=10.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size per device for evaluation."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Fallback learning rate (see the per-group ones)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on the validation split."})
+    eval_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "When to evaluate on the validation split."}
+    )
     save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to save checkpoints."})
     logging_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to log."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (the best one is kept too)."})
@@ -126,22 +150,32 @@ class MmsaTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="macro_f1", metadata={"help": "Validation metric to select on."})
     greater_is_better: bool | None = field(default=True, metadata={"help": "Whether a larger metric is better."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (on-the-fly transforms)."})
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin batches in memory (GPU runs)."})
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every built parameter is used, so DDP needs no unused-parameter search."}
     )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh, deleting the checkpoints in output_dir, instead of refusing to resume a "
-                          "checkpoint of another run (other dataset, split or model arguments)."},
+        metadata={
+            "help": "Start afresh, deleting the checkpoints in output_dir, instead of refusing to resume a "
+            "checkpoint of another run (other dataset, split or model arguments)."
+        },
     )
     cpu_threads: int | None = field(
         default=None,
-        metadata={"help": "Intra-op CPU threads of each process (default: physical cores / processes on this machine). "
-                          "Set here, not taken from OMP_NUM_THREADS, which `accelerate launch` sets to 1: the thread "
-                          "count changes the order of float sums, so `python train_hf.py` and `accelerate launch "
-                          "train_hf.py` must use the same one to give the same result."},
+        metadata={
+            "help": "Intra-op CPU threads of each process (default: physical cores / processes on this machine). "
+            "Set here, not taken from OMP_NUM_THREADS, which `accelerate launch` sets to 1: the thread "
+            "count changes the order of float sums, so `python train_hf.py` and `accelerate launch "
+            "train_hf.py` must use the same one to give the same result."
+        },
     )
+
+
+CONFIG_FIELDS = set(MmsaConfig.__annotations__) - {"text_config", "vision_config", "fusion", "class_weights"}
+"""MmsaConfig's own fields that may also be given as their own flags (folded into --config_overrides); `fusion` and
+`class_weights` are model arguments of their own."""
 
 
 def config_file_to_argv(argv: list[str]) -> list[str]:
@@ -159,209 +193,54 @@ def config_file_to_argv(argv: list[str]) -> list[str]:
     return flags + argv[1:]
 
 
+def fold_config_flags(argv: list[str]) -> list[str]:
+    """`--fusion_hidden_size 128` (an MmsaConfig field given as a flag) -> part of `--config_overrides`; a later
+    value of the same field wins, as with any flag."""
+    rest, fields, explicit = [], {}, None
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        name = word[2:].split("=", 1)[0] if word.startswith("--") else None
+        if name in CONFIG_FIELDS:
+            value = word.split("=", 1)[1] if "=" in word else argv[index + 1]
+            fields[name] = value
+            index += 1 if "=" in word else 2
+        elif name == "config_overrides":
+            explicit = word.split("=", 1)[1] if "=" in word else argv[index + 1]
+            index += 1 if "=" in word else 2
+        else:
+            rest.append(word)
+            index += 1
+    overrides = [f"{k}={v}" for k, v in fields.items()]
+    overrides += [item for item in (explicit or "").split(",") if item.strip()]
+    return rest + (["--config_overrides", ",".join(overrides)] if overrides else [])
+
+
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, MmsaTrainingArguments))
-    argv = config_file_to_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = fold_config_flags(config_file_to_argv(list(sys.argv[1:] if argv is None else argv)))
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def class_weights_from(option: str | None, train_labels: list[int]) -> list[float] | None:
-    if not option:
-        return None
-    if option == "balanced":
-        counts = Counter(train_labels)
-        return [len(train_labels) / (len(LABELS) * max(counts.get(i, 0), 1)) for i in range(len(LABELS))]
-    return [float(v) for v in option.split(",")]
-
-
-def build_model_and_processor(model_args, data_args, class_weights):
-    if model_args.model_name_or_path:
-        model = MmsaForSequenceClassification.from_pretrained(model_args.model_name_or_path)
-        processor = MmsaProcessor.from_pretrained(model_args.model_name_or_path)
-        processor.max_length = data_args.max_text_length
-        return model, processor
-    config_kwargs = {
-        name: getattr(model_args, name)
-        for name in ("fusion", "text_pooling", "fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "projection_dropout",
-                     "attention_dropout", "classifier_dropout", "classifier_hidden_size", "freeze_text_backbone",
-                     "freeze_vision_backbone")
-    }
-    model = MmsaForSequenceClassification.from_text_vision_pretrained(
-        model_args.text_model_name_or_path, model_args.vision_model_name_or_path, class_weights=class_weights,
-        **config_kwargs,
+def build_model(model_args, data_args, class_weights=None):
+    """The model and processor these arguments describe (see `mmsa.training.build_model_and_processor`)."""
+    return build_model_and_processor(
+        model_args.text_model_name_or_path,
+        model_args.vision_model_name_or_path,
+        model_args.fusion,
+        parse_config_overrides(model_args.config_overrides),
+        class_weights=class_weights,
+        max_text_length=data_args.max_text_length,
+        model_name_or_path=model_args.model_name_or_path,
     )
-    # image_only still needs a tokenizer for the processor; it comes from the text checkpoint when there is one.
-    tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
-    processor = MmsaProcessor.from_model_config(model.config, tokenizer, max_length=data_args.max_text_length)
-    return model, processor
 
 
-def requested_cpu_processes() -> int:
-    """Processes asked of `accelerate launch --cpu --num_processes N` (whose simple launcher starts only one)."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
-        return 1
-    if "MASTER_ADDR" not in os.environ:  # accelerate sets it only when more than one process was asked for
-        return 1
-    try:
-        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return 1
-    # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
-    starts = [i for i, word in enumerate(parent) if word == "launch" or word.endswith("accelerate.commands.launch")]
-    if not starts:
-        return 1
-    from accelerate.commands.launch import launch_command_parser
-
-    launch_args, _ = launch_command_parser().parse_known_args(parent[starts[0] + 1 :])
-    return launch_args.num_processes or 1
-
-
-def relaunch_as_cpu_ddp(num_processes: int):
-    """Starts `num_processes` copies of this script with torchrun: DDP over gloo on CPU."""
-    from torch.distributed.run import main as torchrun
-
-    logger.warning("Starting %d CPU processes (DDP over gloo) for accelerate launch --cpu.", num_processes)
-    torchrun([f"--nproc_per_node={num_processes}", f"--master_addr={os.environ['MASTER_ADDR']}",
-              f"--master_port={os.environ.get('MASTER_PORT', '29500')}", sys.argv[0], *sys.argv[1:]])
-
-
-RUN_FINGERPRINT = "mmsa_run_fingerprint.json"
-
-
-def run_fingerprint(model_args, data_args, source, dataset) -> dict:
-    """What makes two runs the same run: the data (source, split, the posts of each split) and the model arguments.
-    Recorded in every checkpoint; a checkpoint is resumed only by a run with the same fingerprint."""
-    import hashlib
-
-    data_keys = ("dataset_variant", "split_seed", "split_file", "max_text_length", "max_train_samples",
-                 "max_eval_samples", "cache_frozen_features")
-    return {
-        "dataset": str(source),
-        "posts": {name: hashlib.sha256(json.dumps(list(split["id"])).encode()).hexdigest()[:16]
-                  for name, split in dataset.items()},
-        "data_args": {key: getattr(data_args, key) for key in data_keys},
-        "model_args": asdict(model_args),
-    }
-
-
-def fingerprint_mismatch(checkpoint: str, fingerprint: dict) -> str | None:
-    """`None` if `checkpoint` was saved by a run with this fingerprint, else what differs."""
-    path = Path(checkpoint) / RUN_FINGERPRINT
-    if not path.is_file():
-        return f"{checkpoint} records no run fingerprint ({RUN_FINGERPRINT})"
-    recorded = json.loads(path.read_text())
-    differences = []
-    for group in ("dataset", "posts", "data_args", "model_args"):
-        old, new = recorded.get(group), fingerprint[group]
-        if isinstance(new, dict):
-            differences += [f"{group}.{key}: {(old or {}).get(key)!r} -> {new.get(key)!r}"
-                            for key in sorted(set(new) | set(old or {})) if (old or {}).get(key) != new.get(key)]
-        elif old != new:
-            differences.append(f"{group}: {old!r} -> {new!r}")
-    return "; ".join(differences) or None
-
-
-class RunFingerprintCallback(TrainerCallback):
-    """Writes the run fingerprint into every checkpoint folder."""
-
-    def __init__(self, fingerprint: dict):
-        self.fingerprint = fingerprint
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if folder.is_dir():
-                (folder / RUN_FINGERPRINT).write_text(json.dumps(self.fingerprint, indent=2) + "\n")
-
-
-def check_label_coverage(dataset, strict: bool):
-    """Warns (or, with `strict`, refuses) when the training split has one class or a split lacks a class."""
-    problems = []
-    for name, split in dataset.items():
-        counts = Counter(split["label"])
-        missing = [LABELS[i] for i in range(len(LABELS)) if counts.get(i, 0) == 0]
-        if len(split) == 0:
-            problems.append(f"the {name} split is empty")
-        elif name == "train" and len(counts) < 2:
-            problems.append(f"the train split holds a single class ({LABELS[next(iter(counts))]})")
-        elif missing:
-            problems.append(f"the {name} split has no {', '.join(missing)} posts")
-    if problems:
-        message = "; ".join(problems)
-        if strict:
-            raise ValueError(f"{message} (--strict)")
-        logger.warning("%s: the model and its metrics will be of little use.", message)
-
-
-def cores_per_process() -> int:
-    """Physical cores of this machine shared among its local processes (accelerate's rule for `--cpu`)."""
-    import psutil
-
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // local_processes)
-
-
-def set_cpu_threads(requested: int | None) -> int:
-    """Sets (and returns) the intra-op thread count of training, the same whichever launcher started the script.
-    Gradients are sums over the batch that CPU kernels split among threads, so the thread count changes their last
-    bits, and over many steps the result."""
-    if requested is not None and requested < 1:
-        raise ValueError(f"--cpu_threads must be at least 1, got {requested}.")
-    threads = requested or cores_per_process()
-    torch.set_num_threads(threads)
-    return threads
-
-
-def git_commit() -> str | None:
-    """The commit of this checkout (with `+dirty` when tracked files differ from it), for provenance."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def write_run_info(output_dir, model_args, data_args, training_args, source, dataset):
-    """`run_info.json`: what this run was (arguments, data, label counts, versions), for model cards."""
-    import platform
-
-    import timm
-
-    import mmsa
-
-    training_keys = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "learning_rate", "weight_decay", "lr_scheduler_type",
-                     "warmup_steps", "seed", "metric_for_best_model", "optim", "world_size", "cpu_threads")
-    info = {
-        "model_args": asdict(model_args),
-        "data_args": asdict(data_args),
-        "training_args": {key: str(getattr(training_args, key)) if not isinstance(
-            getattr(training_args, key), (int, float, str, bool, type(None))) else getattr(training_args, key)
-            for key in training_keys},
-        "dataset": str(source),
-        "label_counts": {name: {LABELS[k]: v for k, v in sorted(Counter(split["label"]).items())}
-                         for name, split in dataset.items()},
-        "git_commit": git_commit(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {"mmsa": mmsa.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
-                     "timm": timm.__version__, "datasets": datasets.__version__, "python": platform.python_version()},
-    }
-    (Path(output_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def main(argv=None):
-    if argv is None and (num_processes := requested_cpu_processes()) > 1:
-        return relaunch_as_cpu_ddp(num_processes)
-    model_args, data_args, training_args = parse_args(argv)
-
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+def setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     # Our own steps are logged at INFO on the main process (the libraries stay at `--log_level`, warnings by default).
     log_level = training_args.get_process_log_level()
     own_level = logging.INFO if training_args.should_log and training_args.log_level == "passive" else log_level
@@ -371,56 +250,79 @@ def main(argv=None):
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
-    threads = set_cpu_threads(training_args.cpu_threads)
-    logger.warning(f"Process rank: {training_args.process_index}, device: {training_args.device}, "
-                   f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}")
-    logger.debug(f"Training parameters {training_args}")
-    logger.info("Seed %d, %d CPU threads per process, output in %s", training_args.seed, threads,
-                training_args.output_dir)
 
-    last_checkpoint = None
-    if os.path.isdir(training_args.output_dir):
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    threads = set_cpu_threads(training_args.cpu_threads)
+    logger.warning(
+        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+        f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}"
+    )
+    logger.debug(f"Training parameters {training_args}")
+    logger.info(
+        "Seed %d, %d CPU threads per process, output in %s", training_args.seed, threads, training_args.output_dir
+    )
+    if not training_args.do_train and not model_args.model_name_or_path:
+        raise ValueError("Without --do_train, name the model to evaluate with --model_name_or_path.")
+    config_overrides = parse_config_overrides(model_args.config_overrides)
 
     # Data
     source = data_args.dataset_name_or_path or os.environ.get("MVSA_SINGLE_DIR")
     if not source:
-        raise ValueError("Name a dataset with --dataset_name_or_path or set MVSA_SINGLE_DIR to the raw MVSA-Single folder.")
+        raise ValueError(
+            "Name a dataset with --dataset_name_or_path or set MVSA_SINGLE_DIR to the raw MVSA-Single folder."
+        )
     with training_args.main_process_first(desc="building the dataset"):
-        dataset = load_mvsa(source, variant=data_args.dataset_variant, seed=data_args.split_seed,
-                            split_file=data_args.split_file)
-    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
-                        ("test", data_args.max_eval_samples)):
+        dataset = load_mvsa(
+            source, variant=data_args.dataset_variant, seed=data_args.split_seed, split_file=data_args.split_file
+        )
+    for name, limit in (
+        ("train", data_args.max_train_samples),
+        ("validation", data_args.max_eval_samples),
+        ("test", data_args.max_eval_samples),
+    ):
         if limit is not None:
             dataset[name] = dataset[name].select(range(min(limit, len(dataset[name]))))
     logger.info("Dataset %s: %s posts", source, {name: len(split) for name, split in dataset.items()})
-
-    check_label_coverage(dataset, data_args.strict)
+    check_label_coverage(dataset, data_args.strict, SENTIMENT_LABELS)
 
     # Resume only a checkpoint of this very run (same data, split and model arguments).
-    fingerprint = run_fingerprint(model_args, data_args, source, dataset)
-    checkpoint = training_args.resume_from_checkpoint or last_checkpoint
-    if checkpoint is not None and (mismatch := fingerprint_mismatch(checkpoint, fingerprint)):
-        if not training_args.overwrite_output_dir:
-            raise ValueError(f"{training_args.output_dir} holds a checkpoint of another run, not resumed: {mismatch}. "
-                             "Pass --overwrite_output_dir to start afresh, or choose another --output_dir.")
-        logger.warning("Starting afresh (--overwrite_output_dir): %s", mismatch)
-        if training_args.process_index == 0:
-            for old in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-                shutil.rmtree(old)
-        checkpoint = None
-    elif checkpoint is not None:
-        logger.info("Resuming this run from %s", checkpoint)
+    recorded_model_args = {**dataclasses.asdict(model_args), "config_overrides": config_overrides}
+    recorded_data_args = dataclasses.asdict(data_args)
+    fingerprint = run_fingerprint(recorded_model_args, recorded_data_args, source, dataset)
+    checkpoint = None
+    if training_args.do_train:
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        checkpoint = training_args.resume_from_checkpoint or last
+        if checkpoint is not None and (mismatch := fingerprint_mismatch(checkpoint, fingerprint)):
+            if not training_args.overwrite_output_dir:
+                raise ValueError(
+                    f"{training_args.output_dir} holds a checkpoint of another run, not resumed: {mismatch}. "
+                    "Pass --overwrite_output_dir to start afresh, or choose another --output_dir."
+                )
+            logger.warning("Starting afresh (--overwrite_output_dir): %s", mismatch)
+            if training_args.process_index == 0:
+                for old in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                    shutil.rmtree(old)
+            checkpoint = None
+        elif checkpoint is not None:
+            logger.info("Resuming this run from %s", checkpoint)
 
+    # Model
     set_seed(training_args.seed)
-    class_weights = class_weights_from(model_args.class_weights, dataset["train"]["label"])
-    model, processor = build_model_and_processor(model_args, data_args, class_weights)
+    class_weights = class_weights_from(model_args.class_weights, dataset["train"]["label"], len(SENTIMENT_LABELS))
+    model, processor = build_model(model_args, data_args, class_weights)
     config: MmsaConfig = model.config
-    logger.info("Model: fusion %s, text tower %s%s, image tower %s%s", config.fusion,
-                model_args.model_name_or_path or model_args.text_model_name_or_path,
-                " (frozen)" if config.freeze_text_backbone else "",
-                model_args.model_name_or_path or model_args.vision_model_name_or_path,
-                " (frozen)" if config.freeze_vision_backbone else "")
+    logger.info(
+        "Model: fusion %s, text tower %s%s, image tower %s%s",
+        config.fusion,
+        model_args.model_name_or_path or model_args.text_model_name_or_path,
+        " (frozen)" if config.freeze_text_backbone else "",
+        model_args.model_name_or_path or model_args.vision_model_name_or_path,
+        " (frozen)" if config.freeze_vision_backbone else "",
+    )
 
     # Frozen towers: their features are computed once per post and read from disk afterwards.
     caches = {name: {} for name in dataset}
@@ -435,72 +337,114 @@ def main(argv=None):
             with training_args.main_process_first(desc=f"caching frozen features ({name})"):
                 if cache_text:
                     caches[name]["text_cache"] = cache_text_features(
-                        model.mmsa, processor.tokenizer, dataset[name], data_args.max_text_length,
-                        with_tokens=config.uses_tokens, cache_dir=data_args.feature_cache_dir,
-                        desc=f"text features ({name})")
+                        model.mmsa,
+                        processor.tokenizer,
+                        dataset[name],
+                        data_args.max_text_length,
+                        with_tokens=config.uses_tokens,
+                        cache_dir=data_args.feature_cache_dir,
+                        desc=f"text features ({name})",
+                    )
                 if cache_images:
                     caches[name]["image_cache"] = cache_image_features(
-                        model.mmsa, processor.image_processor, dataset[name], with_tokens=config.uses_tokens,
-                        cache_dir=data_args.feature_cache_dir, desc=f"image features ({name})")
+                        model.mmsa,
+                        processor.image_processor,
+                        dataset[name],
+                        with_tokens=config.uses_tokens,
+                        cache_dir=data_args.feature_cache_dir,
+                        desc=f"image features ({name})",
+                    )
             if caches[name]:
                 dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
         torch.set_num_threads(threads)
 
     def prepared(name, training):
-        return dataset[name].with_transform(make_transform(
-            processor, training=training, max_length=data_args.max_text_length, use_text=config.uses_text,
-            use_images=config.uses_vision, **caches[name]))
+        return dataset[name].with_transform(
+            make_transform(
+                processor,
+                training=training,
+                max_length=data_args.max_text_length,
+                use_text=config.uses_text,
+                use_images=config.uses_vision,
+                **caches[name],
+            )
+        )
 
-    callbacks = [RunFingerprintCallback(fingerprint)]
+    run_info = RunInfoCallback(recorded_model_args, recorded_data_args, source, dataset, SENTIMENT_LABELS)
+    callbacks = [RunFingerprintCallback(fingerprint), run_info]
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
 
     trainer = MmsaTrainer(
         model=model,
         args=training_args,
-        train_dataset=prepared("train", training=True),
-        eval_dataset=prepared("validation", training=False),
+        train_dataset=prepared("train", training=True) if training_args.do_train else None,
+        eval_dataset=prepared("validation", training=False) if training_args.do_eval else None,
         processing_class=processor,
         data_collator=MmsaDataCollator(processor),
         compute_metrics=build_compute_metrics(config.id2label),
         callbacks=callbacks,
-        learning_rates={"text": model_args.text_learning_rate, "vision": model_args.vision_learning_rate,
-                        "head": model_args.head_learning_rate},
+        learning_rates={
+            "text": model_args.text_learning_rate,
+            "vision": model_args.vision_learning_rate,
+            "head": model_args.head_learning_rate,
+        },
     )
 
-    # Training
-    logger.info("Training for up to %g epochs%s", training_args.num_train_epochs,
-                f", resuming from {checkpoint}" if checkpoint else "")
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
-    metrics = train_result.metrics
-    metrics["train_samples"] = len(dataset["train"])
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
+    if training_args.do_train:
+        logger.info(
+            "Training for up to %g epochs%s",
+            training_args.num_train_epochs,
+            f", resuming from {checkpoint}" if checkpoint else "",
+        )
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(dataset["train"])
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+    else:
+        run_info.collect(training_args)
 
-    # Evaluation on validation, then the held-out test split
-    metrics = trainer.evaluate()
-    metrics["eval_samples"] = len(dataset["validation"])
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(dataset["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
 
-    logger.info("Evaluating the best model on the test split (%d posts)", len(dataset["test"]))
-    prediction = trainer.predict(prepared("test", training=False), metric_key_prefix="test")
-    test_metrics = dict(prediction.metrics)
-    test_metrics["test_samples"] = len(dataset["test"])
-    trainer.log_metrics("test", test_metrics)
-    trainer.save_metrics("test", test_metrics)
+    test_metrics = None
+    if training_args.do_predict:
+        logger.info("Evaluating the best model on the test split (%d posts)", len(dataset["test"]))
+        prediction = trainer.predict(prepared("test", training=False), metric_key_prefix="test")
+        test_metrics = dict(prediction.metrics)
+        test_metrics["test_samples"] = len(dataset["test"])
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)
+        if trainer.is_world_process_zero():
+            logits = prediction.predictions
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            write_test_report(
+                training_args.output_dir,
+                test_metrics,
+                logits.argmax(-1),
+                prediction.label_ids,
+                config.id2label,
+                post_ids=list(dataset["test"]["id"]),
+            )
+            logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
     if trainer.is_world_process_zero():
-        write_run_info(training_args.output_dir, model_args, data_args, training_args, source, dataset)
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        write_test_report(training_args.output_dir, test_metrics, logits.argmax(-1), prediction.label_ids,
-                          config.id2label, post_ids=list(dataset["test"]["id"]))
-        logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
+        run_info.write(training_args.output_dir)
 
-    if training_args.push_to_hub:
-        trainer.push_to_hub(finetuned_from=model_args.text_model_name_or_path, tasks="text-classification",
-                            dataset="MVSA-Single", tags=["mmsa", "multimodal", "sentiment-analysis"])
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        # One release path: push_to_hub.py (checks the folder, writes the model card, uploads in one commit).
+        import push_to_hub
+
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+        push_to_hub.main(
+            ["--model_dir", training_args.output_dir, "--repo_id", repo_id]
+            + (["--private"] if training_args.hub_private_repo else [])
+        )
     return test_metrics
 
 

@@ -1,6 +1,6 @@
 """Seconds to build MVSA-Single from the raw release (every image fully decoded), with 1 and with all processes.
 
-    python bench/build_mvsa_speed.py [--raw_dir DIR]   (default: $MVSA_SINGLE_DIR)
+python bench/build_mvsa_speed.py [--raw_dir DIR]   (default: $MVSA_SINGLE_DIR)
 """
 
 import argparse

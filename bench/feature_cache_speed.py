@@ -22,10 +22,28 @@ import train_hf  # noqa: E402
 
 
 def epoch_seconds(fusion, output_dir, cache_dir, extra):
-    args = [str(ROOT / "configs" / "offline_minilm_effnet.yaml"), "--fusion", fusion, "--output_dir", str(output_dir),
-            "--num_train_epochs", "1", "--eval_strategy", "no", "--save_strategy", "no",
-            "--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--disable_tqdm", "true",
-            "--report_to", "none", *extra] + (["--feature_cache_dir", str(cache_dir)] if cache_dir else [])
+    args = [
+        str(ROOT / "configs" / "offline_minilm_effnet.yaml"),
+        "--fusion",
+        fusion,
+        "--output_dir",
+        str(output_dir),
+        "--num_train_epochs",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        *extra,
+    ] + (["--feature_cache_dir", str(cache_dir)] if cache_dir else [])
     train_hf.main(args)
     return json.loads((Path(output_dir) / "train_results.json").read_text())["train_runtime"]
 
@@ -34,8 +52,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fusion", default="ote")
     parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--feature_cache_dir", default=None,
-                        help="cache folder (default: the usual one, so features cached by earlier runs are reused)")
+    parser.add_argument(
+        "--feature_cache_dir",
+        default=None,
+        help="cache folder (default: the usual one, so features cached by earlier runs are reused)",
+    )
     args = parser.parse_args()
     extra = ["--max_train_samples", str(args.max_train_samples)] if args.max_train_samples else []
     with tempfile.TemporaryDirectory() as tmp:

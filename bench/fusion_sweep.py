@@ -31,8 +31,11 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--variant", action="append", default=[], help="NAME=FLAGS for train_hf.py")
     parser.add_argument("--table_only", action="store_true")
-    parser.add_argument("--skip_base", action="store_true",
-                        help="do not fill in the base variant (another process does), e.g. to run variants in parallel")
+    parser.add_argument(
+        "--skip_base",
+        action="store_true",
+        help="do not fill in the base variant (another process does), e.g. to run variants in parallel",
+    )
     args = parser.parse_args()
     folder = RESULTS / "sweep" / args.fusion
     folder.mkdir(parents=True, exist_ok=True)

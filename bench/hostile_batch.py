@@ -84,20 +84,36 @@ def main():
             if row % 10 == 9:
                 lines.append(hostile[(row // 10) % len(hostile)])
             else:
-                lines.append(json.dumps({"id": row, "text": words[row % len(words)],
-                                         "image": f"img{row % 20}.jpg"}).encode())
+                lines.append(
+                    json.dumps({"id": row, "text": words[row % len(words)], "image": f"img{row % 20}.jpg"}).encode()
+                )
         (folder / "posts.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-        command = [sys.executable, "-m", "mmsa.cli", "predict", "--model", args.model, "--input",
-                   str(folder / "posts.jsonl"), "--output", str(folder / "preds.jsonl"), "--timeout", args.timeout]
+        command = [
+            sys.executable,
+            "-m",
+            "mmsa.cli",
+            "predict",
+            "--model",
+            args.model,
+            "--input",
+            str(folder / "posts.jsonl"),
+            "--output",
+            str(folder / "preds.jsonl"),
+            "--timeout",
+            args.timeout,
+        ]
         start = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         seconds = time.perf_counter() - start
-        records = (folder / "preds.jsonl").read_text(encoding="utf-8").splitlines() if completed.returncode in (0, 3) \
-            else []
+        records = (
+            (folder / "preds.jsonl").read_text(encoding="utf-8").splitlines() if completed.returncode in (0, 3) else []
+        )
         errors = sum("error" in json.loads(line) for line in records)
         print(completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "")
-        print(f"{args.rows} rows in, {len(records)} records out ({errors} errors), exit status "
-              f"{completed.returncode}, {seconds:.1f} s (--timeout {args.timeout}; model loading included)")
+        print(
+            f"{args.rows} rows in, {len(records)} records out ({errors} errors), exit status "
+            f"{completed.returncode}, {seconds:.1f} s (--timeout {args.timeout}; model loading included)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,10 +37,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SETTINGS = {
-    "float32, plain": {"dtype": "float32", "optimize": False, "compile": False},
-    "float32": {"dtype": "float32", "optimize": True, "compile": False},
-    "bfloat16": {"dtype": "bfloat16", "optimize": True, "compile": False},
-    "bfloat16, compiled": {"dtype": "bfloat16", "optimize": True, "compile": True},
+    "float32, plain": {
+        "dtype": "float32",
+        "optimize": False,
+        "compile": False,
+        "description": "float32, model as loaded",
+    },
+    "float32": {
+        "dtype": "float32",
+        "optimize": True,
+        "compile": False,
+        "description": "float32, channels-last (pipeline default)",
+    },
+    "bfloat16": {"dtype": "bfloat16", "optimize": True, "compile": False, "description": "bfloat16"},
+    "bfloat16, compiled": {
+        "dtype": "bfloat16",
+        "optimize": True,
+        "compile": True,
+        "description": "bfloat16, compiled image tower",
+    },
 }
 
 
@@ -62,8 +77,9 @@ def load_posts(n: int | None):
     for i in range(n or 256):
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(buffer, format="JPEG")
-        posts.append({"text": f"post {i} what a day #happy @friend http://t.co/x", "image": buffer.getvalue(),
-                      "label": None})
+        posts.append(
+            {"text": f"post {i} what a day #happy @friend http://t.co/x", "image": buffer.getvalue(), "label": None}
+        )
     return posts, "generated 500x375 JPEGs"
 
 
@@ -81,9 +97,11 @@ def build_default_model(model_dir: Path):
     from mmsa import MmsaForSequenceClassification, MmsaProcessor
 
     model = MmsaForSequenceClassification.from_text_vision_pretrained(
-        str(ROOT / "backbones" / "text"), str(ROOT / "backbones" / "vision"), fusion="mm_transformer")
-    processor = MmsaProcessor.from_model_config(model.config, AutoTokenizer.from_pretrained(ROOT / "backbones" / "text"),
-                                                max_length=64)
+        str(ROOT / "backbones" / "text"), str(ROOT / "backbones" / "vision"), fusion="mm_transformer"
+    )
+    processor = MmsaProcessor.from_model_config(
+        model.config, AutoTokenizer.from_pretrained(ROOT / "backbones" / "text"), max_length=64
+    )
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
 
@@ -108,7 +126,9 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
         predictions = []
         for start in range(0, len(posts), batch_size):
             chunk = posts[start : start + batch_size]
-            batch = processor(text=[p["text"] for p in chunk], images=[Image.open(io.BytesIO(p["image"])) for p in chunk])
+            batch = processor(
+                text=[p["text"] for p in chunk], images=[Image.open(io.BytesIO(p["image"])) for p in chunk]
+            )
             predictions += model(**batch).logits.argmax(-1).tolist()
         return predictions
 
@@ -122,13 +142,21 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
     result["direct_posts_per_s"] = len(posts) / seconds
     if setting["optimize"]:
         # The pipeline on the same model object (it runs `optimize_for_inference` itself; a second call is a no-op).
-        classifier = pipeline("multimodal-sentiment", model=model, processor=processor,
-                              tokenizer=processor.tokenizer, image_processor=processor.image_processor,
-                              pipeline_class=MultimodalSentimentPipeline, torch_compile=setting["compile"])
+        classifier = pipeline(
+            "multimodal-sentiment",
+            model=model,
+            processor=processor,
+            tokenizer=processor.tokenizer,
+            image_processor=processor.image_processor,
+            pipeline_class=MultimodalSentimentPipeline,
+            torch_compile=setting["compile"],
+        )
 
         def through_pipeline():
-            outputs = classifier(({"text": p["text"], "image": Image.open(io.BytesIO(p["image"]))} for p in posts),
-                                 batch_size=batch_size)
+            outputs = classifier(
+                ({"text": p["text"], "image": Image.open(io.BytesIO(p["image"]))} for p in posts),
+                batch_size=batch_size,
+            )
             return [model.config.label2id[output[0]["label"]] for output in outputs]
 
         pipeline_predictions, seconds = timed(through_pipeline)
@@ -160,38 +188,70 @@ def main():
         posts_file = str(Path(scratch) / "posts.pkl")
         with open(posts_file, "wb") as file:
             pickle.dump(posts, file)
-        print(f"{len(posts)} {source}, batch size {args.batch_size}, {torch.get_num_threads()} threads, "
-              f"model {args.model or 'from backbones/'}", flush=True)
+        print(
+            f"{len(posts)} {source}, batch size {args.batch_size}, {torch.get_num_threads()} threads, "
+            f"model {args.model or 'from backbones/'}",
+            flush=True,
+        )
         results = {}
         for name in SETTINGS:
             completed = subprocess.run(
-                [sys.executable, __file__, "--batch_size", str(args.batch_size), "--worker", model_dir, posts_file, name],
-                check=True, capture_output=True, text=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--batch_size",
+                    str(args.batch_size),
+                    "--worker",
+                    model_dir,
+                    posts_file,
+                    name,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             results[name] = json.loads(completed.stdout.strip().splitlines()[-1])
             print(f"  measured {name}", flush=True)
 
     baseline = results["float32, plain"]["predictions"]
     labels = [p["label"] for p in posts]
-    header = (f"{'setting':>20} | {'direct posts/s':>14} | {'pipeline posts/s':>16} | {'warm-up pass s':>14} | "
-              f"{'peak RSS MB':>11} | {'agree w/ baseline':>17} | {'accuracy':>8}")
+    header = (
+        f"{'setting':>20} | {'direct posts/s':>14} | {'pipeline posts/s':>16} | {'warm-up pass s':>14} | "
+        f"{'peak RSS MB':>11} | {'agree w/ baseline':>17} | {'accuracy':>8}"
+    )
     print(header + "\n" + "-" * len(header))
     for name, result in results.items():
         predictions = result.pop("predictions")
         result["agreement_with_baseline"] = float(np.mean(np.asarray(predictions) == np.asarray(baseline)))
-        result["accuracy"] = (float(np.mean(np.asarray(predictions) == np.asarray(labels)))
-                              if labels[0] is not None else None)
+        result["accuracy"] = (
+            float(np.mean(np.asarray(predictions) == np.asarray(labels))) if labels[0] is not None else None
+        )
         pipeline_rate = result.get("pipeline_posts_per_s")
-        print(f"{name:>20} | {result['direct_posts_per_s']:14.1f} | "
-              f"{pipeline_rate if pipeline_rate is None else round(pipeline_rate, 1)!s:>16} | "
-              f"{result['warmup_seconds']:14.1f} | {result['peak_rss_mb']:11.0f} | "
-              f"{result['agreement_with_baseline']:17.4f} | "
-              f"{'-' if result['accuracy'] is None else format(result['accuracy'], '.4f'):>8}")
+        print(
+            f"{name:>20} | {result['direct_posts_per_s']:14.1f} | "
+            f"{pipeline_rate if pipeline_rate is None else round(pipeline_rate, 1)!s:>16} | "
+            f"{result['warmup_seconds']:14.1f} | {result['peak_rss_mb']:11.0f} | "
+            f"{result['agreement_with_baseline']:17.4f} | "
+            f"{'-' if result['accuracy'] is None else format(result['accuracy'], '.4f'):>8}"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "command": "python bench/inference_speed.py " + " ".join(sys.argv[1:]),
-        "posts": len(posts), "source": source, "batch_size": args.batch_size, "model": args.model,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "settings": SETTINGS, "results": results,
-    }, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps(
+            {
+                "command": "python bench/inference_speed.py " + " ".join(sys.argv[1:]),
+                "posts": len(posts),
+                "source": source,
+                "batch_size": args.batch_size,
+                "model": args.model,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "settings": SETTINGS,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"-> {args.output}")
 
 

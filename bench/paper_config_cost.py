@@ -56,19 +56,47 @@ def main():
         tokenizer = ROOT / "backbones" / "text"
         text, vision = write_random_paper_towers(Path(tmp) / "towers", tokenizer if tokenizer.is_dir() else None)
         times = Path(tmp) / "times.json"
-        command = [sys.executable, "-c", STEP_TIMER, str(times), str(ROOT / "configs" / "paper_bert_resnet50.yaml"),
-                   "--text_model_name_or_path", str(text), "--vision_model_name_or_path", str(vision),
-                   "--dataset_name_or_path", data, "--output_dir", str(Path(tmp) / "run"),
-                   "--max_train_samples", str(16 * args.steps), "--max_eval_samples", "16",
-                   "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
-                   "--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--disable_tqdm", "true"]
-        subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       stdout=subprocess.DEVNULL)
+        command = [
+            sys.executable,
+            "-c",
+            STEP_TIMER,
+            str(times),
+            str(ROOT / "configs" / "paper_bert_resnet50.yaml"),
+            "--text_model_name_or_path",
+            str(text),
+            "--vision_model_name_or_path",
+            str(vision),
+            "--dataset_name_or_path",
+            data,
+            "--output_dir",
+            str(Path(tmp) / "run"),
+            "--max_train_samples",
+            str(16 * args.steps),
+            "--max_eval_samples",
+            "16",
+            "--max_steps",
+            str(args.steps),
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--early_stopping_patience",
+            "0",
+            "--disable_tqdm",
+            "true",
+        ]
+        subprocess.run(
+            command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL
+        )
         step_seconds = json.loads(times.read_text())
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"paper configuration (BERT-base + ResNet-50, fine-tuned, batch 16): "
-          f"{sum(step_seconds) / len(step_seconds):.1f} s per training step (mean of steps 2-{args.steps}), "
-          f"peak RSS {peak_mb:.0f} MB, {os.cpu_count()} CPU cores")
+    print(
+        f"paper configuration (BERT-base + ResNet-50, fine-tuned, batch 16): "
+        f"{sum(step_seconds) / len(step_seconds):.1f} s per training step (mean of steps 2-{args.steps}), "
+        f"peak RSS {peak_mb:.0f} MB, {os.cpu_count()} CPU cores"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,19 @@ def provenance() -> dict:
 def run(fusion: str, seed: int, extra: list[str], output_dir: Path | None = None, probe: dict | None = None) -> dict:
     output_dir = output_dir or ROOT / "runs" / "paper_table" / f"{fusion}_seed{seed}"
     arguments = [str(CONFIG.relative_to(ROOT)), "--fusion", fusion, "--seed", str(seed), *extra]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "train_hf.py", *arguments,
-               "--output_dir", str(output_dir), "--save_total_limit", "1", "--disable_tqdm", "true"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "train_hf.py",
+        *arguments,
+        "--output_dir",
+        str(output_dir),
+        "--save_total_limit",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
     print(" ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -48,7 +59,7 @@ def run(fusion: str, seed: int, extra: list[str], output_dir: Path | None = None
         "fusion": fusion,
         "seed": seed,
         **{key: test[key] for key in METRICS},
-        "per_class_f1": {k[len("test_f1_"):]: v for k, v in test.items() if k.startswith("test_f1_")},
+        "per_class_f1": {k[len("test_f1_") :]: v for k, v in test.items() if k.startswith("test_f1_")},
         "best_validation_macro_f1": state["best_metric"],
         "best_checkpoint": Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None,
         "epochs_run": state["epoch"],

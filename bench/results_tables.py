@@ -62,12 +62,15 @@ def paper_summary() -> dict:
     summary = {}
     for fusion in [f for f in ORDER if f in rows] + sorted(set(rows) - set(ORDER)):
         results = sorted(rows[fusion], key=lambda r: r["seed"])
-        entry = {"seeds": [r["seed"] for r in results],
-                 "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in results]}
+        entry = {
+            "seeds": [r["seed"] for r in results],
+            "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in results],
+        }
         for key in METRICS:
             entry[key] = [100 * r[key] for r in results]
-        entry["per_class_f1"] = {label: [100 * r["per_class_f1"][label] for r in results]
-                                 for label in results[0]["per_class_f1"]}
+        entry["per_class_f1"] = {
+            label: [100 * r["per_class_f1"][label] for r in results] for label in results[0]["per_class_f1"]
+        }
         entry["minutes"] = statistics.mean(r["seconds"] for r in results) / 60
         summary[fusion] = entry
     return summary
@@ -90,9 +93,12 @@ def paper_table_markdown() -> str:
     for fusion, entry in summary.items():
         name = f"**`{fusion}`**" if fusion == best else f"`{fusion}`"
         per_class = " / ".join(f"{mean_std(v)[0]:.1f}" for v in entry["per_class_f1"].values())
-        lines.append(f"| {name} (MiniLM-L6 + EfficientNet-Lite0) | {len(entry['seeds'])} | "
-                     f"{cell(entry['validation_macro_f1'])} | " + " | ".join(cell(entry[k]) for k in METRICS)
-                     + f" | {per_class} | {entry['minutes']:.1f} |")
+        lines.append(
+            f"| {name} (MiniLM-L6 + EfficientNet-Lite0) | {len(entry['seeds'])} | "
+            f"{cell(entry['validation_macro_f1'])} | "
+            + " | ".join(cell(entry[k]) for k in METRICS)
+            + f" | {per_class} | {entry['minutes']:.1f} |"
+        )
     for name, accuracy, macro, weighted in PUBLISHED:
         lines.append(f"| {name} | published |  | {accuracy} | {macro} | {weighted} |  |  |")
     return "\n".join(lines) + "\n"
@@ -105,9 +111,12 @@ def sweep_summary(fusion: str) -> tuple[dict, str | None]:
     summary = {}
     for name, runs in rows.items():
         runs = sorted(runs, key=lambda r: r["seed"])
-        summary[name] = {"flags": runs[0].get("flags", ""), "seeds": [r["seed"] for r in runs],
-                         "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in runs],
-                         **{key: [100 * r[key] for r in runs] for key in METRICS}}
+        summary[name] = {
+            "flags": runs[0].get("flags", ""),
+            "seeds": [r["seed"] for r in runs],
+            "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in runs],
+            **{key: [100 * r[key] for r in runs] for key in METRICS},
+        }
     most = max((len(r["seeds"]) for r in summary.values()), default=0)
     complete = {n: r for n, r in summary.items() if len(r["seeds"]) == most}
     selected = max(complete, key=lambda n: mean_std(complete[n]["validation_macro_f1"])[0]) if complete else None
@@ -117,26 +126,38 @@ def sweep_summary(fusion: str) -> tuple[dict, str | None]:
 def sweep_markdown(fusion: str) -> str:
     summary, selected = sweep_summary(fusion)
     seeds = sorted({s for row in summary.values() for s in row["seeds"]})
-    lines = [f"`{fusion}`, seeds {' '.join(map(str, seeds))}; selected on mean validation macro-F1 (**bold**).", "",
-             "| variant | train_hf.py flags | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"`{fusion}`, seeds {' '.join(map(str, seeds))}; selected on mean validation macro-F1 (**bold**).",
+        "",
+        "| variant | train_hf.py flags | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in summary.items():
         label = f"**{name}**" if name == selected else name
-        lines.append(f"| {label} | `{row['flags'] or '(none)'}` | {cell(row['validation_macro_f1'])} | "
-                     + " | ".join(cell(row[key]) for key in METRICS) + " |")
+        lines.append(
+            f"| {label} | `{row['flags'] or '(none)'}` | {cell(row['validation_macro_f1'])} | "
+            + " | ".join(cell(row[key]) for key in METRICS)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def inference_markdown() -> str:
     data = json.loads((RESULTS / "inference_speed.json").read_text())
-    lines = ["| setting | direct processor + model call | pipeline | peak RSS | predictions equal to float32 "
-             "| test accuracy |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | direct processor + model call | pipeline | peak RSS | predictions equal to float32 "
+        "| test accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, result in data["results"].items():
         pipeline = f"{result['pipeline_posts_per_s']:.1f}" if "pipeline_posts_per_s" in result else "-"
-        agreement = ("(baseline)" if name == next(iter(data["results"]))
-                     else f"{100 * result['agreement_with_baseline']:.1f}%")
-        lines.append(f"| {data['settings'][name].get('description', name)} | {result['direct_posts_per_s']:.1f} | "
-                     f"{pipeline} | {result['peak_rss_mb']:.0f} MB | {agreement} | {100 * result['accuracy']:.2f} |")
+        agreement = (
+            "(baseline)" if name == next(iter(data["results"])) else f"{100 * result['agreement_with_baseline']:.1f}%"
+        )
+        lines.append(
+            f"| {data['settings'][name].get('description', name)} | {result['direct_posts_per_s']:.1f} | "
+            f"{pipeline} | {result['peak_rss_mb']:.0f} MB | {agreement} | {100 * result['accuracy']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +175,7 @@ def render(text: str, rendered: dict[str, str]) -> str:
         pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"README.md has no <!-- table:{name} --> ... <!-- /table:{name} --> markers")
-        text = pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text)
+        text = pattern.sub(lambda m, body=markdown: m.group(1) + body + m.group(2), text)
     return text
 
 
@@ -167,8 +188,10 @@ def main(argv=None) -> int:
     expected = render(current, rendered)
     if args.check:
         if expected != current:
-            print("README.md's result tables differ from bench/results: run python bench/results_tables.py",
-                  file=sys.stderr)
+            print(
+                "README.md's result tables differ from bench/results: run python bench/results_tables.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(expected)

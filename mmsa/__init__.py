@@ -14,8 +14,17 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_mmsa import FUSION_STRATEGIES, MmsaConfig
-from .modeling_mmsa import MmsaForSequenceClassification, MmsaModel, MmsaModelOutput, MmsaPreTrainedModel
+from .configuration_mmsa import FUSION_NEEDS, FUSION_STRATEGIES, FusionNeeds, MmsaConfig
+from .modeling_mmsa import (
+    MMSA_FUSIONS,
+    MmsaForSequenceClassification,
+    MmsaFusion,
+    MmsaFusionInputs,
+    MmsaModel,
+    MmsaModelOutput,
+    MmsaPreTrainedModel,
+    register_fusion,
+)
 from .pipeline_mmsa import MultimodalSentimentPipeline
 from .processing_mmsa import MmsaImageProcessor, MmsaProcessor, load_rgb_image
 
@@ -25,7 +34,9 @@ __version__ = "0.1.0"
 AutoConfig.register(MmsaConfig.model_type, MmsaConfig, exist_ok=True)
 AutoModel.register(MmsaConfig, MmsaModel, exist_ok=True)
 AutoModelForSequenceClassification.register(MmsaConfig, MmsaForSequenceClassification, exist_ok=True)
-AutoImageProcessor.register(MmsaConfig, image_processor_classes={"pil": MmsaImageProcessor, "torchvision": MmsaImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    MmsaConfig, image_processor_classes={"pil": MmsaImageProcessor, "torchvision": MmsaImageProcessor}, exist_ok=True
+)
 AutoProcessor.register(MmsaConfig, MmsaProcessor, exist_ok=True)
 
 PIPELINE_REGISTRY.register_pipeline(
@@ -42,7 +53,13 @@ MmsaImageProcessor.register_for_auto_class("AutoImageProcessor")
 MmsaProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "FUSION_NEEDS",
     "FUSION_STRATEGIES",
+    "FusionNeeds",
+    "MMSA_FUSIONS",
+    "MmsaFusion",
+    "MmsaFusionInputs",
+    "register_fusion",
     "MmsaConfig",
     "MmsaForSequenceClassification",
     "MmsaImageProcessor",

@@ -53,14 +53,20 @@ def load_model(model: str, dtype: str | None = None, trust_remote_code: bool = F
         raise ValueError(f"model folder {model} does not exist")
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            model, dtype=getattr(torch, dtype or "float32"), trust_remote_code=trust_remote_code)
+            model, dtype=getattr(torch, dtype or "float32"), trust_remote_code=trust_remote_code
+        )
     except OSError as error:
         where = f"model folder {model}" if local else f"{model}: no such folder here, and as a Hub id"
         raise ValueError(f"{where} cannot be loaded: {error}") from error
 
 
-def load_classifier(model: str, device: str | None = None, trust_remote_code: bool = False,
-                    dtype: str | None = None, torch_compile: bool = False):
+def load_classifier(
+    model: str,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str | None = None,
+    torch_compile: bool = False,
+):
     """The `multimodal-sentiment` pipeline for a folder or Hub id (in-library classes; remote code only if asked).
 
     `dtype` ("float32", "bfloat16", "float16"; default: float32) is the precision the model is loaded in;
@@ -73,10 +79,17 @@ def load_classifier(model: str, device: str | None = None, trust_remote_code: bo
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     # The in-library pipeline class, so that no code from the model folder or repository is run.
-    return pipeline("multimodal-sentiment", model=loaded, processor=processor, tokenizer=processor.tokenizer,
-                    image_processor=processor.image_processor, device=device, trust_remote_code=trust_remote_code,
-                    pipeline_class=None if trust_remote_code else MultimodalSentimentPipeline,
-                    torch_compile=torch_compile)
+    return pipeline(
+        "multimodal-sentiment",
+        model=loaded,
+        processor=processor,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        pipeline_class=None if trust_remote_code else MultimodalSentimentPipeline,
+        torch_compile=torch_compile,
+    )
 
 
 def check_text(text) -> str:
@@ -158,8 +171,9 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def predict_file(classifier, input_path: Path, output_path: Path, batch_size: int, top_k,
-                 timeout: float = DEFAULT_IMAGE_TIMEOUT) -> dict:
+def predict_file(
+    classifier, input_path: Path, output_path: Path, batch_size: int, top_k, timeout: float = DEFAULT_IMAGE_TIMEOUT
+) -> dict:
     """Batch prediction over a JSONL file: one output record per input row, in order, written atomically.
     Returns counts of predicted and failed rows, and of blank lines."""
     if batch_size < 1:
@@ -172,9 +186,11 @@ def predict_file(classifier, input_path: Path, output_path: Path, batch_size: in
     output_path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".partial", dir=output_path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out, \
-                tqdm(total=len(rows), desc="predicting", unit="post") as bar, \
-                ThreadPoolExecutor(IMAGE_READERS) as readers:
+        with (
+            os.fdopen(handle, "w", encoding="utf-8") as out,
+            tqdm(total=len(rows), desc="predicting", unit="post") as bar,
+            ThreadPoolExecutor(IMAGE_READERS) as readers,
+        ):
 
             def prepare(item):
                 number, row = item
@@ -208,8 +224,16 @@ def predict_file(classifier, input_path: Path, output_path: Path, batch_size: in
     return counts
 
 
-def evaluate_model(model: str, dataset: str, split: str, output_dir: Path | None, batch_size: int,
-                   device: str | None = None, dtype: str | None = None, torch_compile: bool = False) -> dict:
+def evaluate_model(
+    model: str,
+    dataset: str,
+    split: str,
+    output_dir: Path | None,
+    batch_size: int,
+    device: str | None = None,
+    dtype: str | None = None,
+    torch_compile: bool = False,
+) -> dict:
     """Metrics of a model on a dataset split (raw MVSA folder, saved folder or Hub id). Predictions and references
     are compared by label name, so the model's label order need not be the dataset's; a model whose label set
     differs from the dataset's is refused."""
@@ -219,6 +243,10 @@ def evaluate_model(model: str, dataset: str, split: str, output_dir: Path | None
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    try:
+        import sklearn  # noqa: F401  (the metrics module and the report need it)
+    except ImportError:
+        raise ValueError("mmsa evaluate needs scikit-learn and matplotlib: pip install 'mmsa[train]'") from None
     splits = load_mvsa(dataset)
     if split not in splits:
         raise ValueError(f"{dataset} has no split {split!r}; its splits are {', '.join(splits)}")
@@ -238,8 +266,15 @@ def evaluate_model(model: str, dataset: str, split: str, output_dir: Path | None
     metrics[f"{split}_samples"] = len(references)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_test_report(output_dir, metrics, np.asarray(predictions), np.asarray(references),
-                          dict(enumerate(names)), post_ids=list(data["id"]), prefix=split)
+        write_test_report(
+            output_dir,
+            metrics,
+            np.asarray(predictions),
+            np.asarray(references),
+            dict(enumerate(names)),
+            post_ids=list(data["id"]),
+            prefix=split,
+        )
     return metrics
 
 
@@ -259,8 +294,9 @@ def positive_float(value: str) -> float:
 
 def run(argv=None):
     """Runs one `mmsa` command and returns its result (the prediction(s), counts or metrics)."""
-    parser = argparse.ArgumentParser(prog="mmsa", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mmsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     inference = argparse.ArgumentParser(add_help=False)
     inference.add_argument("--model", required=True, help="saved model folder or Hub id")
@@ -268,16 +304,23 @@ def run(argv=None):
     inference.add_argument("--device", default=None)
     inference.add_argument("--dtype", choices=DTYPES, default="float32", help="precision the model runs in")
     inference.add_argument("--compile", action="store_true", help="torch.compile the image tower")
-    inference.add_argument("--timeout", type=positive_float, default=DEFAULT_IMAGE_TIMEOUT,
-                           help="seconds an image URL may take (default: %(default)s)")
-    predict = commands.add_parser("predict", parents=[inference],
-                                  help="classify one post, or every post of a JSONL file")
+    inference.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_IMAGE_TIMEOUT,
+        help="seconds an image URL may take (default: %(default)s)",
+    )
+    predict = commands.add_parser(
+        "predict", parents=[inference], help="classify one post, or every post of a JSONL file"
+    )
     predict.add_argument("--text")
     predict.add_argument("--image", help="image file path or URL")
     predict.add_argument("--input", type=Path, help="JSONL file of posts")
     predict.add_argument("--output", type=Path, help="JSONL file of predictions (with --input)")
     predict.add_argument("--all_scores", action="store_true", help="every label's score, not only the best")
-    evaluate = commands.add_parser("evaluate", parents=[inference], help="metrics and confusion matrix on a dataset split")
+    evaluate = commands.add_parser(
+        "evaluate", parents=[inference], help="metrics and confusion matrix on a dataset split"
+    )
     evaluate.add_argument("--dataset", required=True, help="raw MVSA folder, saved dataset folder or Hub id")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--output_dir", type=Path, default=None, help="write metrics + confusion matrix here")
@@ -287,8 +330,16 @@ def run(argv=None):
     try:
         if args.command == "predict":
             return run_predict(parser, args)
-        metrics = evaluate_model(args.model, args.dataset, args.split, args.output_dir, args.batch_size,
-                                 args.device, args.dtype, args.compile)
+        metrics = evaluate_model(
+            args.model,
+            args.dataset,
+            args.split,
+            args.output_dir,
+            args.batch_size,
+            args.device,
+            args.dtype,
+            args.compile,
+        )
     except ValueError as error:  # a problem with what was asked: the message says what, no traceback
         parser.exit(2, f"mmsa {args.command}: error: {error}\n")
     print(json.dumps(metrics, indent=2))
@@ -307,8 +358,11 @@ def run_predict(parser, args):
         classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
         counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k, args.timeout)
         blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
-        print(f"{counts['rows']} rows: {counts['predicted']} predicted, {counts['errors']} failed{blank} "
-              f"-> {args.output}", file=sys.stderr)
+        print(
+            f"{counts['rows']} rows: {counts['predicted']} predicted, {counts['errors']} failed{blank} "
+            f"-> {args.output}",
+            file=sys.stderr,
+        )
         return counts
     if args.text is not None:
         check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates

@@ -1,34 +1,49 @@
 """Configuration for MMSA: multimodal (image + text) sentiment analysis models."""
 
+from typing import NamedTuple
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, TimmWrapperConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
-FUSION_STRATEGIES = (
-    "naive_cat",
-    "naive_combine",
-    "cmac",
-    "hstec",
-    "ote",
-    "text_only",
-    "image_only",
-    "mm_transformer",
-)
-"""Every value accepted by `MmsaConfig.fusion`."""
+class FusionNeeds(NamedTuple):
+    """What a fusion strategy consumes: the text tower, the image tower, and token sequences (text token states and
+    image feature-map tokens) besides the pooled features."""
 
-TEXT_FUSIONS = tuple(f for f in FUSION_STRATEGIES if f != "image_only")
-"""Fusion strategies that build (and need) the text tower."""
+    text: bool
+    image: bool
+    tokens: bool
 
-VISION_FUSIONS = tuple(f for f in FUSION_STRATEGIES if f != "text_only")
-"""Fusion strategies that build (and need) the vision tower."""
 
-TOKEN_FUSIONS = ("cmac", "hstec", "mm_transformer")
-"""Fusion strategies that consume token sequences (text token states and image feature-map tokens)."""
+FUSION_NEEDS: dict[str, FusionNeeds] = {
+    "naive_cat": FusionNeeds(text=True, image=True, tokens=False),
+    "naive_combine": FusionNeeds(text=True, image=True, tokens=False),
+    "cmac": FusionNeeds(text=True, image=True, tokens=True),
+    "hstec": FusionNeeds(text=True, image=True, tokens=True),
+    "ote": FusionNeeds(text=True, image=True, tokens=False),
+    "text_only": FusionNeeds(text=True, image=False, tokens=False),
+    "image_only": FusionNeeds(text=False, image=True, tokens=False),
+    "mm_transformer": FusionNeeds(text=True, image=True, tokens=True),
+}
+"""The one list of fusion strategies `MmsaConfig.fusion` accepts, with what each needs. The built-in ones are
+implemented in `modeling_mmsa`; `modeling_mmsa.register_fusion` adds a new one here and in the model's registry."""
+
+FUSION_STRATEGIES = tuple(FUSION_NEEDS)
+"""The built-in fusion strategies."""
+
+
+def declare_fusion(name: str, needs: FusionNeeds):
+    """Adds `name` to the fusion strategies a config accepts (an existing name must keep its needs)."""
+    if name in FUSION_NEEDS and FUSION_NEEDS[name] != needs:
+        raise ValueError(f"fusion {name!r} is declared with needs {FUSION_NEEDS[name]}, not {needs}.")
+    FUSION_NEEDS[name] = needs
+
 
 TEXT_POOLINGS = ("pooler", "mean", "cls")
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
+"""The MVSA classes, in the order of their ids (also the dataset's `ClassLabel` names)."""
 
 
 @strict
@@ -45,9 +60,10 @@ class MmsaConfig(PreTrainedConfig):
             Configuration of the image tower; defaults to `TimmWrapperConfig(architecture="resnet50")`. Its
             `pretrained_cfg` (input size, mean, std, crop, interpolation) drives the processor's image transforms.
         fusion (`str`, *optional*, defaults to `"ote"`):
-            How text and image features are fused, one of `FUSION_STRATEGIES`: the paper's `naive_cat`,
-            `naive_combine`, `cmac`, `hstec`, `ote`, its unimodal baselines `text_only` and `image_only`, and
-            `mm_transformer`. See `modeling_mmsa` for what each one computes.
+            How text and image features are fused, one of `FUSION_NEEDS`: the paper's `naive_cat`,
+            `naive_combine`, `cmac`, `hstec`, `ote`, its unimodal baselines `text_only` and `image_only`,
+            `mm_transformer`, and any strategy registered with `modeling_mmsa.register_fusion`. See
+            `modeling_mmsa` for what each one computes.
         text_pooling (`str`, *optional*, defaults to `"pooler"`):
             How the text tower's sentence vector is taken: `"pooler"` (its pooled output, as BERT's `[CLS]` pooler in
             the paper; a masked mean when the tower has no pooler), `"mean"` (masked mean of the token states, how
@@ -118,8 +134,8 @@ class MmsaConfig(PreTrainedConfig):
             if self.label2id is None:
                 self.label2id = {label: i for i, label in enumerate(SENTIMENT_LABELS)}
         super().__post_init__(**kwargs)
-        if self.fusion not in FUSION_STRATEGIES:
-            raise ValueError(f"`fusion` must be one of {FUSION_STRATEGIES}, got {self.fusion!r}.")
+        if self.fusion not in FUSION_NEEDS:
+            raise ValueError(f"`fusion` must be one of {tuple(FUSION_NEEDS)}, got {self.fusion!r}.")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"`text_pooling` must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}.")
         for name in ("fusion_hidden_size", "fusion_num_heads", "fusion_num_layers", "classifier_hidden_size"):
@@ -137,15 +153,15 @@ class MmsaConfig(PreTrainedConfig):
 
     @property
     def uses_text(self) -> bool:
-        return self.fusion in TEXT_FUSIONS
+        return FUSION_NEEDS[self.fusion].text
 
     @property
     def uses_vision(self) -> bool:
-        return self.fusion in VISION_FUSIONS
+        return FUSION_NEEDS[self.fusion].image
 
     @property
     def uses_tokens(self) -> bool:
-        return self.fusion in TOKEN_FUSIONS
+        return FUSION_NEEDS[self.fusion].tokens
 
 
-__all__ = ["FUSION_STRATEGIES", "MmsaConfig"]
+__all__ = ["FUSION_NEEDS", "FUSION_STRATEGIES", "FusionNeeds", "MmsaConfig", "SENTIMENT_LABELS", "declare_fusion"]

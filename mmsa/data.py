@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
+from PIL import Image
 
 
 logger = logging.getLogger(__name__)
@@ -190,7 +189,10 @@ def check_post(data_dir: Path, post_id: str):
     if len(missing) == 2:
         return ("missing_files", f"neither {text_path.name} nor {image_path.name} exists")
     if missing:
-        return ("missing_text" if missing[0].endswith(".txt") else "missing_image", f"{data_dir / missing[0]} does not exist")
+        return (
+            "missing_text" if missing[0].endswith(".txt") else "missing_image",
+            f"{data_dir / missing[0]} does not exist",
+        )
     try:
         text, encoding = decode_text(text_path.read_bytes())
     except UnicodeDecodeError as error:
@@ -291,8 +293,12 @@ def build_mvsa(
     data_dir = raw_dir / "data"
     if not data_dir.is_dir():
         raise MvsaFormatError(f"{data_dir} does not exist: an MVSA release holds data/<id>.txt and data/<id>.jpg.")
-    report = BuildReport(raw_dir=str(raw_dir), variant=variant, seed=None if split_file else seed,
-                         split_file=str(split_file) if split_file else None)
+    report = BuildReport(
+        raw_dir=str(raw_dir),
+        variant=variant,
+        seed=None if split_file else seed,
+        split_file=str(split_file) if split_file else None,
+    )
 
     # 1. Label rows -> cleaned labels.
     candidates = {}  # id -> (line, text_label, image_label, label)
@@ -305,14 +311,16 @@ def build_mvsa(
             report.skip("malformed_row", fields[0] if fields else None, line, str(error), strict)
             continue
         if post_id in seen_lines:
-            report.skip("duplicate_id", post_id, line, f"id {post_id} already labelled on line {seen_lines[post_id]}",
-                        strict)
+            report.skip(
+                "duplicate_id", post_id, line, f"id {post_id} already labelled on line {seen_lines[post_id]}", strict
+            )
             continue
         seen_lines[post_id] = line
         unknown = sorted({word for pair in pairs for word in pair if word not in LABELS})
         if unknown:
-            report.skip("unknown_label", post_id, line, f"unknown label word(s) {unknown}; expected {list(LABELS)}",
-                        strict)
+            report.skip(
+                "unknown_label", post_id, line, f"unknown label word(s) {unknown}; expected {list(LABELS)}", strict
+            )
             continue
         text_label = majority([pair[0] for pair in pairs])
         image_label = majority([pair[1] for pair in pairs])
@@ -385,8 +393,9 @@ def build_mvsa(
     }
     if report.kept == 0:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items())) or "no label rows"
-        raise MvsaFormatError(f"{raw_dir}: no post kept ({report.label_rows} label rows; {reasons}); "
-                              "nothing to build a dataset from.")
+        raise MvsaFormatError(
+            f"{raw_dir}: no post kept ({report.label_rows} label rows; {reasons}); nothing to build a dataset from."
+        )
     for name, counts in report.class_counts.items():
         if not counts:
             logger.warning("The %s split of %s is empty.", name, raw_dir)
@@ -446,8 +455,14 @@ def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path,
     return output_dir
 
 
-def push_mvsa(dataset: DatasetDict, report: BuildReport | dict, repo_id: str, private: bool = False,
-              token: str | None = None, staging_dir: str | Path | None = None) -> str:
+def push_mvsa(
+    dataset: DatasetDict,
+    report: BuildReport | dict,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    staging_dir: str | Path | None = None,
+) -> str:
     """Uploads the dataset to the Hub as parquet (image bytes embedded) with its card, in one commit."""
     import tempfile
 
@@ -465,18 +480,24 @@ def push_mvsa(dataset: DatasetDict, report: BuildReport | dict, repo_id: str, pr
         mvsa_dataset_card(dataset, report_dict).save(folder / "README.md")
         api = HfApi(token=token)
         repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
-                          commit_message=f"Upload MVSA-{report_dict['variant'].capitalize()} ({report_dict['kept']} posts)")
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(folder),
+            commit_message=f"Upload MVSA-{report_dict['variant'].capitalize()} ({report_dict['kept']} posts)",
+        )
     return str(repo_url)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mmsa.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mmsa.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a dataset from a raw release")
-    build.add_argument("--raw_dir", default=os.environ.get("MVSA_SINGLE_DIR"),
-                       help="raw release folder (default: $MVSA_SINGLE_DIR)")
+    build.add_argument(
+        "--raw_dir", default=os.environ.get("MVSA_SINGLE_DIR"), help="raw release folder (default: $MVSA_SINGLE_DIR)"
+    )
     build.add_argument("--output_dir", required=True, help="where to save_to_disk the DatasetDict")
     build.add_argument("--variant", choices=list(ANNOTATORS), default="single")
     build.add_argument("--seed", type=int, default=42)
@@ -500,8 +521,15 @@ def main(argv=None):
         if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
             parser.error(f"--output_dir {output_dir} is not empty: choose an empty folder, or pass --overwrite")
         try:
-            dataset, report = build_mvsa(args.raw_dir, variant=args.variant, seed=args.seed, strict=args.strict,
-                                         split_file=args.split_file, num_proc=args.num_proc, return_report=True)
+            dataset, report = build_mvsa(
+                args.raw_dir,
+                variant=args.variant,
+                seed=args.seed,
+                strict=args.strict,
+                split_file=args.split_file,
+                num_proc=args.num_proc,
+                return_report=True,
+            )
             save_mvsa(dataset, report, output_dir, overwrite=args.overwrite)
         except (MvsaFormatError, FileExistsError) as error:
             parser.exit(1, f"python -m mmsa.data build: error: {error}\n")

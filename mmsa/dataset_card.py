@@ -98,9 +98,7 @@ def mvsa_dataset_card(dataset, report) -> DatasetCard:
         configs=[
             {
                 "config_name": "default",
-                "data_files": [
-                    {"split": name, "path": f"data/{name}-*.parquet"} for name in split_counts
-                ],
+                "data_files": [{"split": name, "path": f"data/{name}-*.parquet"} for name in split_counts],
             }
         ],
         dataset_info={

@@ -21,10 +21,9 @@ import os
 from pathlib import Path
 
 import torch
+from datasets import Image as ImageFeature
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from datasets import Image as ImageFeature
 from tqdm.auto import tqdm
 
 from .processing_mmsa import IMAGE_LOADER_VERSION, load_rgb_image
@@ -104,8 +103,9 @@ def progress(total: int, desc: str):
 
 
 @torch.no_grad()
-def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool, batch_size: int = 64,
-                           desc: str = "image features"):
+def compute_image_features(
+    mmsa_model, image_processor, split, with_tokens: bool, batch_size: int = 64, desc: str = "image features"
+):
     """Runs the image tower over a split with the eval transform: `{"pooled", "tokens"?}`."""
     mmsa_model.eval()
     device = next(mmsa_model.vision_model.parameters()).device
@@ -127,8 +127,9 @@ def compute_image_features(mmsa_model, image_processor, split, with_tokens: bool
 
 
 @torch.no_grad()
-def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, batch_size: int = 64,
-                          desc: str = "text features"):
+def compute_text_features(
+    mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, batch_size: int = 64, desc: str = "text features"
+):
     """Runs the text tower over a split: `{"pooled", "tokens"?, "lengths"?}`, tokens zero-padded to the longest."""
     mmsa_model.eval()
     device = next(mmsa_model.text_model.parameters()).device
@@ -139,7 +140,8 @@ def compute_text_features(mmsa_model, tokenizer, split, max_length: int, with_to
         encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         encoded = {k: v.to(device) for k, v in encoded.items()}
         batch_pooled, batch_tokens = mmsa_model.encode_text(
-            encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"))
+            encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids")
+        )
         pooled.append(batch_pooled.float().cpu())
         if with_tokens:
             tokens.extend(batch_tokens.float().cpu().unbind(0))
@@ -199,35 +201,59 @@ def _reuse_token_file(path_with_tokens: Path, kind: str) -> CachedFeatures | Non
     return None
 
 
-def cache_image_features(mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None,
-                         desc: str = "image features") -> CachedFeatures:
+def cache_image_features(
+    mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None, desc: str = "image features"
+) -> CachedFeatures:
     """The frozen image tower's features of `split`, computed on first use."""
     tower = mmsa_model.vision_model
 
     def path(tokens: bool) -> Path:
-        key = tower_fingerprint(tower, {"architecture": tower.config.architecture, "data": image_processor.data_config,
-                                        "tokens": tokens, "loader": IMAGE_LOADER_VERSION})
+        key = tower_fingerprint(
+            tower,
+            {
+                "architecture": tower.config.architecture,
+                "data": image_processor.data_config,
+                "tokens": tokens,
+                "loader": IMAGE_LOADER_VERSION,
+            },
+        )
         return Path(cache_dir or default_cache_dir()) / "image" / key / f"{images_fingerprint(split)}.safetensors"
 
     if not with_tokens and (reused := _reuse_token_file(path(True), "image")):
         return reused
-    return _cached(path(with_tokens), lambda: compute_image_features(mmsa_model, image_processor, split, with_tokens,
-                                                                     desc=desc), "image", with_tokens)
+    return _cached(
+        path(with_tokens),
+        lambda: compute_image_features(mmsa_model, image_processor, split, with_tokens, desc=desc),
+        "image",
+        with_tokens,
+    )
 
 
-def cache_text_features(mmsa_model, tokenizer, split, max_length: int, with_tokens: bool,
-                        cache_dir=None, desc: str = "text features") -> CachedFeatures:
+def cache_text_features(
+    mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, cache_dir=None, desc: str = "text features"
+) -> CachedFeatures:
     """The frozen text tower's features of `split`, computed on first use."""
     vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
 
     def path(tokens: bool) -> Path:
-        key = tower_fingerprint(mmsa_model.text_model, {
-            "pooling": mmsa_model.config.text_pooling, "vocabulary": vocabulary, "max_length": max_length,
-            "lower_case": getattr(tokenizer, "do_lower_case", None), "tokens": tokens,
-            "attention": mmsa_model.text_model.config._attn_implementation})
+        key = tower_fingerprint(
+            mmsa_model.text_model,
+            {
+                "pooling": mmsa_model.config.text_pooling,
+                "vocabulary": vocabulary,
+                "max_length": max_length,
+                "lower_case": getattr(tokenizer, "do_lower_case", None),
+                "tokens": tokens,
+                "attention": mmsa_model.text_model.config._attn_implementation,
+            },
+        )
         return Path(cache_dir or default_cache_dir()) / "text" / key / f"{texts_fingerprint(split)}.safetensors"
 
     if not with_tokens and (reused := _reuse_token_file(path(True), "text")):
         return reused
-    return _cached(path(with_tokens), lambda: compute_text_features(mmsa_model, tokenizer, split, max_length,
-                                                                    with_tokens, desc=desc), "text", with_tokens)
+    return _cached(
+        path(with_tokens),
+        lambda: compute_text_features(mmsa_model, tokenizer, split, max_length, with_tokens, desc=desc),
+        "text",
+        with_tokens,
+    )

@@ -6,26 +6,11 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .dataset_card import CITATION as MVSA_CITATION
+from .modeling_mmsa import MMSA_FUSIONS
 from .offline_backbones import hub_id_of
 
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
-
-FUSION_DESCRIPTIONS = {
-    "naive_cat": "the projected text and image vectors are concatenated and classified by one head.",
-    "naive_combine": "a text head and an image head, combined as the mean of their log-probabilities.",
-    "cmac": "cross-modal attention: text tokens attend to image tokens and image tokens to text tokens; a text head "
-            "and an image head on each modality's vector and its attended summary, combined.",
-    "hstec": "one transformer encoder over the joined text and image token sequences; a text head and an image head "
-             "on each modality's vector and its encoded tokens, combined.",
-    "ote": "the paper's attention fusion: the joined [text; image] vector through a transformer encoder layer, then "
-           "one head.",
-    "text_only": "text tower and one head (unimodal baseline).",
-    "image_only": "image tower and one head (unimodal baseline).",
-    "mm_transformer": "a learned fusion token, the pooled text and image vectors and all text and image tokens (with "
-                      "modality embeddings and a padding mask) through transformer layers; the head reads the fusion "
-                      "token beside the pooled vectors.",
-}
 
 METRIC_NAMES = {"test_accuracy": "accuracy", "test_macro_f1": "macro-F1", "test_weighted_f1": "weighted-F1"}
 
@@ -43,21 +28,28 @@ def epoch_rows(log_history: list[dict]) -> list[dict]:
     for entry in log_history:
         if "eval_macro_f1" in entry and "epoch" in entry:
             epoch = round(entry["epoch"], 4)
-            rows.append({
-                "epoch": f"{epoch:g}",
-                "train_loss": f"{train_loss[epoch]:.4f}" if epoch in train_loss else "-",
-                "eval_loss": f"{entry['eval_loss']:.4f}",
-                "accuracy": f"{entry['eval_accuracy']:.4f}",
-                "macro_f1": f"{entry['eval_macro_f1']:.4f}",
-                "weighted_f1": f"{entry['eval_weighted_f1']:.4f}",
-            })
+            rows.append(
+                {
+                    "epoch": f"{epoch:g}",
+                    "train_loss": f"{train_loss[epoch]:.4f}" if epoch in train_loss else "-",
+                    "eval_loss": f"{entry['eval_loss']:.4f}",
+                    "accuracy": f"{entry['eval_accuracy']:.4f}",
+                    "macro_f1": f"{entry['eval_macro_f1']:.4f}",
+                    "weighted_f1": f"{entry['eval_weighted_f1']:.4f}",
+                }
+            )
     # The final evaluation of the best model repeats an epoch: keep each epoch once.
     unique = {row["epoch"]: row for row in rows}
     return list(unique.values())
 
 
-def build_model_card(model_dir: str | Path, repo_id: str, dataset_id: str | None = None,
-                     license: str = "other", base_models: list[str] | None = None) -> ModelCard:
+def build_model_card(
+    model_dir: str | Path,
+    repo_id: str,
+    dataset_id: str | None = None,
+    license: str = "other",
+    base_models: list[str] | None = None,
+) -> ModelCard:
     """The card of a `train_hf.py` output folder (reads config.json, test_results.json, trainer_state.json and
     run_info.json; every figure comes from those files)."""
     from .configuration_mmsa import MmsaConfig
@@ -69,9 +61,12 @@ def build_model_card(model_dir: str | Path, repo_id: str, dataset_id: str | None
     info = json.loads((model_dir / "run_info.json").read_text())
     model_args, data_args = info["model_args"], info["data_args"]
 
-    text_tower = _tower_name(model_args.get("text_model_name_or_path"), config.text_config) if config.uses_text else "-"
-    vision_tower = _tower_name(model_args.get("vision_model_name_or_path"), config.vision_config) \
-        if config.uses_vision else "-"
+    text_tower = (
+        _tower_name(model_args.get("text_model_name_or_path"), config.text_config) if config.uses_text else "-"
+    )
+    vision_tower = (
+        _tower_name(model_args.get("vision_model_name_or_path"), config.vision_config) if config.uses_vision else "-"
+    )
     # base_model lists Hub ids only (a local folder not made by mmsa.offline_backbones has none).
     base_models = base_models or [n for n in (text_tower, vision_tower) if n != "-" and not Path(n).exists()] or None
     if dataset_id is None:  # the run's dataset when it came from the Hub, else a generic name
@@ -81,10 +76,17 @@ def build_model_card(model_dir: str | Path, repo_id: str, dataset_id: str | None
     model_name = repo_id.split("/")[-1]
 
     eval_results = [
-        EvalResult(task_type="text-classification", task_name="Multimodal sentiment analysis",
-                   dataset_type=dataset_id, dataset_name=dataset_name, dataset_split="test",
-                   metric_type="f1" if "f1" in key else "accuracy", metric_name=name, metric_value=test[key],
-                   metric_args={"average": key.split("_")[1]} if "f1" in key else None)
+        EvalResult(
+            task_type="text-classification",
+            task_name="Multimodal sentiment analysis",
+            dataset_type=dataset_id,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type="f1" if "f1" in key else "accuracy",
+            metric_name=name,
+            metric_value=test[key],
+            metric_args={"average": key.split("_")[1]} if "f1" in key else None,
+        )
         for key, name in METRIC_NAMES.items()
     ]
     card_data = ModelCardData(
@@ -101,8 +103,9 @@ def build_model_card(model_dir: str | Path, repo_id: str, dataset_id: str | None
         eval_results=eval_results,
     )
     test_metrics = [(METRIC_NAMES[key], test[key]) for key in METRIC_NAMES]
-    test_metrics += [(f"F1 {key[len('test_f1_'):]}", value) for key, value in test.items()
-                     if key.startswith("test_f1_")]
+    test_metrics += [
+        (f"F1 {key[len('test_f1_') :]}", value) for key, value in test.items() if key.startswith("test_f1_")
+    ]
     training = info["training_args"]
     hyperparameters = {
         "epochs (max)": training["num_train_epochs"],
@@ -131,7 +134,7 @@ def build_model_card(model_dir: str | Path, repo_id: str, dataset_id: str | None
         text_tower=text_tower,
         vision_tower=vision_tower,
         fusion=config.fusion,
-        fusion_description=FUSION_DESCRIPTIONS[config.fusion],
+        fusion_description=MMSA_FUSIONS[config.fusion].description(),
         dataset_name=dataset_name,
         dataset_id=dataset_id,
         train_size=sum(train_counts.values()),

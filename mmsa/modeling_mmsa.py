@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, TimmWrapperModel
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
-from .configuration_mmsa import MmsaConfig
+from .configuration_mmsa import FusionNeeds, MmsaConfig, declare_fusion
 
 
 logger = logging.get_logger(__name__)
@@ -126,7 +126,7 @@ class MmsaEncoderLayer(nn.TransformerEncoderLayer):
         if not self.norm_first:
             x = self.norm1(x)
         feed = self.norm2(x) if self.norm_first else x
-        x = x + self._ff_block(feed)
+        x = x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(feed)))))
         if not self.norm_first:
             x = self.norm2(x)
         return x, weights
@@ -142,6 +142,252 @@ def run_encoder_layers(layers, hidden, padding_mask, output_attentions):
         else:
             hidden = layer(hidden, src_key_padding_mask=padding_mask)
     return hidden, tuple(attentions)
+
+
+@dataclass
+class MmsaFusionInputs:
+    """What a fusion strategy receives: tower features projected to the fusion width d. Pooled features are `None`
+    for a tower the strategy does not use, token sequences `None` unless it declares `needs.tokens`."""
+
+    text: torch.Tensor | None = None
+    """`(B, d)` pooled text feature."""
+    image: torch.Tensor | None = None
+    """`(B, d)` pooled image feature."""
+    text_tokens: torch.Tensor | None = None
+    """`(B, L, d)` text token states."""
+    text_mask: torch.Tensor | None = None
+    """`(B, L)` bool, True at real (not padding) text tokens."""
+    image_tokens: torch.Tensor | None = None
+    """`(B, N, d)` image feature-map tokens, one per position."""
+
+
+MMSA_FUSIONS: dict[str, type["MmsaFusion"]] = {}
+"""Fusion strategies by name: `MmsaModel` builds `MMSA_FUSIONS[config.fusion](config)`."""
+
+
+class MmsaFusion(nn.Module):
+    """Base class of fusion strategies. A subclass declares `needs` (`FusionNeeds`: which towers, and whether token
+    sequences), sets `branch_sizes` (the widths of the vectors it returns, one classification head each), and
+    implements `forward(inputs, output_attentions) -> (branches, attentions)`. Its docstring's first paragraph
+    describes it in model cards. Register it with `@register_fusion("name")`."""
+
+    needs: FusionNeeds = FusionNeeds(text=True, image=True, tokens=False)
+
+    def __init__(self, config: MmsaConfig):
+        super().__init__()
+        self.branch_sizes: tuple[int, ...] = ()
+
+    def forward(self, inputs: MmsaFusionInputs, output_attentions: bool = False):
+        raise NotImplementedError
+
+    def init_weights(self, std: float):
+        """Initialises the strategy's own raw parameters (its submodules are initialised by their type)."""
+
+    @classmethod
+    def description(cls) -> str:
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def register_fusion(name: str):
+    """Class decorator: registers a `MmsaFusion` subclass as fusion strategy `name` (for `MmsaConfig.fusion`).
+    Refuses a name that is already registered."""
+
+    def register(fusion_class: type[MmsaFusion]) -> type[MmsaFusion]:
+        if not (isinstance(fusion_class, type) and issubclass(fusion_class, MmsaFusion)):
+            raise TypeError(f"register_fusion({name!r}) takes a MmsaFusion subclass, got {fusion_class!r}.")
+        if name in MMSA_FUSIONS:
+            raise ValueError(f"fusion {name!r} is already registered ({MMSA_FUSIONS[name].__qualname__}).")
+        declare_fusion(name, fusion_class.needs)
+        MMSA_FUSIONS[name] = fusion_class
+        return fusion_class
+
+    return register
+
+
+@register_fusion("text_only")
+class TextOnlyFusion(MmsaFusion):
+    """Text only: the pooled text feature -> C(d); the image tower is not built."""
+
+    needs = FusionNeeds(text=True, image=False, tokens=False)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.branch_sizes = (config.fusion_hidden_size,)
+
+    def forward(self, inputs, output_attentions=False):
+        return (inputs.text,), ()
+
+
+@register_fusion("image_only")
+class ImageOnlyFusion(MmsaFusion):
+    """Image only: the pooled image feature -> C(d); the text tower is not built."""
+
+    needs = FusionNeeds(text=False, image=True, tokens=False)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.branch_sizes = (config.fusion_hidden_size,)
+
+    def forward(self, inputs, output_attentions=False):
+        return (inputs.image,), ()
+
+
+@register_fusion("naive_cat")
+class NaiveCatFusion(MmsaFusion):
+    """Concatenation: C(2d) on [text; image]."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.branch_sizes = (2 * config.fusion_hidden_size,)
+
+    def forward(self, inputs, output_attentions=False):
+        return (torch.cat([inputs.text, inputs.image], dim=-1),), ()
+
+
+@register_fusion("naive_combine")
+class NaiveCombineFusion(MmsaFusion):
+    """Two heads: a text head C(d) and an image head C(d), combined as the mean of their log-probabilities."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.branch_sizes = (config.fusion_hidden_size, config.fusion_hidden_size)
+
+    def forward(self, inputs, output_attentions=False):
+        return (inputs.text, inputs.image), ()
+
+
+@register_fusion("cmac")
+class CmacFusion(MmsaFusion):
+    """Cross-modal attention: text tokens attend to image tokens and image tokens to (unpadded) text tokens; text
+    head on [text; mean of attended text tokens], image head on [image; mean of attended image tokens], combined."""
+
+    needs = FusionNeeds(text=True, image=True, tokens=True)
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.fusion_hidden_size
+        self.cross_attention_text = nn.MultiheadAttention(
+            d, config.fusion_num_heads, dropout=config.attention_dropout, batch_first=True
+        )
+        self.cross_attention_image = nn.MultiheadAttention(
+            d, config.fusion_num_heads, dropout=config.attention_dropout, batch_first=True
+        )
+        self.branch_sizes = (2 * d, 2 * d)
+
+    def forward(self, inputs, output_attentions=False):
+        text_tokens, image_tokens, text_mask = inputs.text_tokens, inputs.image_tokens, inputs.text_mask
+        text_attended, text_weights = self.cross_attention_text(
+            text_tokens, image_tokens, image_tokens, need_weights=output_attentions
+        )
+        image_attended, image_weights = self.cross_attention_image(
+            image_tokens, text_tokens, text_tokens, key_padding_mask=~text_mask, need_weights=output_attentions
+        )
+        branches = (
+            torch.cat([inputs.text, masked_mean(text_attended, text_mask)], dim=-1),
+            torch.cat([inputs.image, image_attended.mean(dim=1)], dim=-1),
+        )
+        return branches, (text_weights, image_weights) if output_attentions else ()
+
+
+@register_fusion("hstec")
+class HstecFusion(MmsaFusion):
+    """Joint token encoder: transformer encoder layer(s) over the joined text + image token sequence (padding
+    masked); text head on [text; mean of encoded text tokens], image head on [image; mean of encoded image tokens],
+    combined."""
+
+    needs = FusionNeeds(text=True, image=True, tokens=True)
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.fusion_hidden_size
+        self.fusion_layers = nn.ModuleList(MmsaEncoderLayer(d, config) for _ in range(config.fusion_num_layers))
+        self.branch_sizes = (2 * d, 2 * d)
+
+    def forward(self, inputs, output_attentions=False):
+        text_tokens, image_tokens, text_mask = inputs.text_tokens, inputs.image_tokens, inputs.text_mask
+        sequence = torch.cat([text_tokens, image_tokens], dim=1)
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)
+        mask = torch.cat([text_mask, image_mask], dim=1)
+        hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, ~mask, output_attentions)
+        length = text_tokens.shape[1]
+        branches = (
+            torch.cat([inputs.text, masked_mean(hidden[:, :length], text_mask)], dim=-1),
+            torch.cat([inputs.image, hidden[:, length:].mean(dim=1)], dim=-1),
+        )
+        return branches, attentions
+
+
+@register_fusion("ote")
+class OteFusion(MmsaFusion):
+    """Transformer encoder over the pooled features, as in the paper: [text; image] as a sequence of one through
+    encoder layer(s) of width 2d -> C(2d) (the paper's best, 74.5%)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        width = 2 * config.fusion_hidden_size
+        self.fusion_layers = nn.ModuleList(MmsaEncoderLayer(width, config) for _ in range(config.fusion_num_layers))
+        self.branch_sizes = (width,)
+
+    def forward(self, inputs, output_attentions=False):
+        sequence = torch.cat([inputs.text, inputs.image], dim=-1).unsqueeze(1)
+        hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, None, output_attentions)
+        return (hidden[:, 0],), attentions
+
+
+@register_fusion("mm_transformer")
+class MmTransformerFusion(MmsaFusion):
+    """Multimodal transformer (ours): a learned fusion token, the pooled text and image vectors and all text and
+    image tokens, with modality-type embeddings and a padding mask, through pre-norm transformer layers; C(3d) on
+    [fusion token; text; image]."""
+
+    needs = FusionNeeds(text=True, image=True, tokens=True)
+
+    def __init__(self, config):
+        super().__init__(config)
+        d = config.fusion_hidden_size
+        self.fusion_token = nn.Parameter(torch.zeros(1, 1, d))
+        # 0: fusion token, 1: text (pooled and tokens), 2: image (pooled and tokens)
+        self.modality_embeddings = nn.Embedding(3, d)
+        self.fusion_layers = nn.ModuleList(
+            MmsaEncoderLayer(d, config, norm_first=True, activation="gelu") for _ in range(config.fusion_num_layers)
+        )
+        self.fusion_norm = nn.LayerNorm(d)
+        self.branch_sizes = (3 * d,)
+
+    def init_weights(self, std):
+        nn.init.normal_(self.fusion_token, std=std)
+
+    def forward(self, inputs, output_attentions=False):
+        text, image = inputs.text, inputs.image
+        batch = text.shape[0]
+        type_ids = torch.tensor([0, 1, 2], device=text.device)
+        fusion_type, text_type, image_type = self.modality_embeddings(type_ids).unbind(0)
+        sequence = torch.cat(
+            [
+                self.fusion_token.expand(batch, -1, -1) + fusion_type,
+                text.unsqueeze(1) + text_type,
+                image.unsqueeze(1) + image_type,
+                inputs.text_tokens + text_type,
+                inputs.image_tokens + image_type,
+            ],
+            dim=1,
+        )
+        keep = torch.ones(batch, 3, dtype=torch.bool, device=text.device)
+        image_mask = torch.ones(inputs.image_tokens.shape[:2], dtype=torch.bool, device=text.device)
+        mask = torch.cat([keep, inputs.text_mask, image_mask], dim=1)
+        hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, ~mask, output_attentions)
+        # The head sees the fusion token beside the pooled unimodal features it was built from.
+        return (torch.cat([self.fusion_norm(hidden[:, 0]), text, image], dim=-1),), attentions
+
+
+def convert_pre_registry_state_dict(state_dict: dict) -> dict:
+    """State dicts saved before fusion strategies became modules (`mmsa.cross_attention_text.*`,
+    `mmsa.fusion_layers.*`, `mmsa.fusion_token`, ...) with today's keys (`mmsa.fusion.<same name>`)."""
+    pattern = re.compile(
+        r"^((?:mmsa\.)?)(cross_attention_text|cross_attention_image|fusion_layers|fusion_token|"
+        r"modality_embeddings|fusion_norm)(\.|$)"
+    )
+    return {pattern.sub(r"\1fusion.\2\3", key): value for key, value in state_dict.items()}
 
 
 class MmsaImageTower(TimmWrapperModel):
@@ -186,14 +432,24 @@ class MmsaPreTrainedModel(PreTrainedModel):
         problems = []
         if info.get("missing_keys"):
             missing = sorted(info["missing_keys"])
-            problems.append(f"{len(missing)} missing tensor(s): {', '.join(missing[:4])}" + (", ..." if len(missing) > 4 else ""))
+            problems.append(
+                f"{len(missing)} missing tensor(s): {', '.join(missing[:4])}" + (", ..." if len(missing) > 4 else "")
+            )
         if info.get("mismatched_keys"):
-            problems.append("tensors of other shapes " + ", ".join(
-                f"{key} {tuple(saved)} (model {tuple(expected)})" for key, saved, expected in info["mismatched_keys"]))
+            problems.append(
+                "tensors of other shapes "
+                + ", ".join(
+                    f"{key} {tuple(saved)} (model {tuple(expected)})"
+                    for key, saved, expected in info["mismatched_keys"]
+                )
+            )
         if problems and not allow_incomplete_weights:
-            raise ValueError(f"{pretrained_model_name_or_path}: the weights do not match the config "
-                             f"({model.config.fusion}, {model.config.fusion_num_layers} fusion layer(s)): "
-                             + "; ".join(problems) + ". Pass allow_incomplete_weights=True to load it anyway.")
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights do not match the config "
+                f"({model.config.fusion}, {model.config.fusion_num_layers} fusion layer(s)): "
+                + "; ".join(problems)
+                + ". Pass allow_incomplete_weights=True to load it anyway."
+            )
         return (model, info) if want_info else model
 
     @classmethod
@@ -230,8 +486,11 @@ class MmsaPreTrainedModel(PreTrainedModel):
             config_kwargs["vision_config"] = vision_model.config.to_dict()
         config = MmsaConfig(**config_kwargs)
         model = cls(config, text_model=text_model, vision_model=vision_model)
-        logger.info("Towers loaded from %s and %s; the fusion layers are newly initialised.", text_model_name_or_path,
-                    vision_model_name_or_path)
+        logger.info(
+            "Towers loaded from %s and %s; the fusion layers are newly initialised.",
+            text_model_name_or_path,
+            vision_model_name_or_path,
+        )
         return model
 
     def optimize_for_inference(self, channels_last: bool = True, compile_vision: bool = False):
@@ -273,11 +532,13 @@ class MmsaPreTrainedModel(PreTrainedModel):
         """Initialises the fusion layers only: the towers are `PreTrainedModel`s that initialise themselves (and are
         skipped entirely when their weights were loaded)."""
         std = self.config.initializer_range
-        if isinstance(module, MmsaModel):
-            if module.fusion_token is not None:
-                nn.init.normal_(module.fusion_token, std=std)
+        if isinstance(module, MmsaFusion):
+            module.init_weights(std)
         if isinstance(module, nn.MultiheadAttention):
-            module._reset_parameters()
+            # torch's own initialisation of attention projections, written with public functions.
+            nn.init.xavier_uniform_(module.in_proj_weight)
+            nn.init.zeros_(module.in_proj_bias)
+            nn.init.zeros_(module.out_proj.bias)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
@@ -310,7 +571,9 @@ class MmsaModel(MmsaPreTrainedModel):
             self.text_model.config = config.text_config
             self.text_projection = MmsaProjection(config.text_config.hidden_size, d, config.projection_dropout)
         if config.uses_vision:
-            self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+            self.vision_model = (
+                vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
+            )
             config.vision_config._attn_implementation = self.vision_model.config._attn_implementation
             self.vision_model.config = config.vision_config
             num_features = self.vision_model.timm_model.num_features
@@ -319,27 +582,12 @@ class MmsaModel(MmsaPreTrainedModel):
                 # A 1x1 convolution over the feature map, applied per position: any input size works.
                 self.image_token_projection = MmsaProjection(num_features, d, config.projection_dropout)
 
-        self.cross_attention_text = self.cross_attention_image = None
-        self.fusion_layers = None
-        self.fusion_token = self.modality_embeddings = self.fusion_norm = None
-        if config.fusion == "cmac":
-            self.cross_attention_text = nn.MultiheadAttention(
-                d, config.fusion_num_heads, dropout=config.attention_dropout, batch_first=True
+        if config.fusion not in MMSA_FUSIONS:
+            raise ValueError(
+                f"fusion {config.fusion!r} is declared but not implemented: register a MmsaFusion for it "
+                "with @register_fusion before building the model."
             )
-            self.cross_attention_image = nn.MultiheadAttention(
-                d, config.fusion_num_heads, dropout=config.attention_dropout, batch_first=True
-            )
-        elif config.fusion in ("hstec", "ote"):
-            width = d if config.fusion == "hstec" else 2 * d
-            self.fusion_layers = nn.ModuleList(MmsaEncoderLayer(width, config) for _ in range(config.fusion_num_layers))
-        elif config.fusion == "mm_transformer":
-            self.fusion_token = nn.Parameter(torch.zeros(1, 1, d))
-            # 0: fusion token, 1: text (pooled and tokens), 2: image (pooled and tokens)
-            self.modality_embeddings = nn.Embedding(3, d)
-            self.fusion_layers = nn.ModuleList(
-                MmsaEncoderLayer(d, config, norm_first=True, activation="gelu") for _ in range(config.fusion_num_layers)
-            )
-            self.fusion_norm = nn.LayerNorm(d)
+        self.fusion = MMSA_FUSIONS[config.fusion](config)
         self.post_init()
         self._apply_freezing()
 
@@ -389,6 +637,7 @@ class MmsaModel(MmsaPreTrainedModel):
 
     # --- fusion -----------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -400,9 +649,8 @@ class MmsaModel(MmsaPreTrainedModel):
         text_features: torch.FloatTensor | None = None,
         text_tokens: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> MmsaModelOutput | tuple:
+    ) -> MmsaModelOutput:
         r"""
         input_ids / attention_mask / token_type_ids: the tokenizer's outputs (required unless `fusion="image_only"`).
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
@@ -417,7 +665,6 @@ class MmsaModel(MmsaPreTrainedModel):
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        return_dict = return_dict if return_dict is not None else config.return_dict
         text = text_mask = image = img_tokens = None
 
         if config.uses_text:
@@ -446,66 +693,12 @@ class MmsaModel(MmsaPreTrainedModel):
                     raise ValueError(f"fusion={config.fusion!r} needs `image_tokens` along with `image_features`.")
                 img_tokens = self.image_token_projection(image_tokens)
 
-        attentions = ()
-        fusion = config.fusion
-        if fusion == "text_only":
-            branches = (text,)
-        elif fusion == "image_only":
-            branches = (image,)
-        elif fusion == "naive_cat":
-            branches = (torch.cat([text, image], dim=-1),)
-        elif fusion == "naive_combine":
-            branches = (text, image)
-        elif fusion == "cmac":
-            # Text tokens attend to image tokens, image tokens attend to (unpadded) text tokens.
-            text_attended, text_weights = self.cross_attention_text(
-                text_tokens, img_tokens, img_tokens, need_weights=output_attentions
-            )
-            image_attended, image_weights = self.cross_attention_image(
-                img_tokens, text_tokens, text_tokens, key_padding_mask=~text_mask, need_weights=output_attentions
-            )
-            branches = (
-                torch.cat([text, masked_mean(text_attended, text_mask)], dim=-1),
-                torch.cat([image, image_attended.mean(dim=1)], dim=-1),
-            )
-            if output_attentions:
-                attentions = (text_weights, image_weights)
-        elif fusion == "hstec":
-            sequence = torch.cat([text_tokens, img_tokens], dim=1)
-            image_mask = torch.ones(img_tokens.shape[:2], dtype=torch.bool, device=img_tokens.device)
-            mask = torch.cat([text_mask, image_mask], dim=1)
-            hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, ~mask, output_attentions)
-            length = text_tokens.shape[1]
-            branches = (
-                torch.cat([text, masked_mean(hidden[:, :length], text_mask)], dim=-1),
-                torch.cat([image, hidden[:, length:].mean(dim=1)], dim=-1),
-            )
-        elif fusion == "ote":
-            # As in the paper: the pooled [text; image] vector as a sequence of one, through the encoder layer(s).
-            sequence = torch.cat([text, image], dim=-1).unsqueeze(1)
-            hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, None, output_attentions)
-            branches = (hidden[:, 0],)
-        else:  # mm_transformer
-            batch = text.shape[0]
-            type_ids = torch.tensor([0, 1, 2], device=text.device)
-            fusion_type, text_type, image_type = self.modality_embeddings(type_ids).unbind(0)
-            sequence = torch.cat(
-                [
-                    self.fusion_token.expand(batch, -1, -1) + fusion_type,
-                    text.unsqueeze(1) + text_type,
-                    image.unsqueeze(1) + image_type,
-                    text_tokens + text_type,
-                    img_tokens + image_type,
-                ],
-                dim=1,
-            )
-            keep = torch.ones(batch, 3, dtype=torch.bool, device=text.device)
-            image_mask = torch.ones(img_tokens.shape[:2], dtype=torch.bool, device=img_tokens.device)
-            mask = torch.cat([keep, text_mask, image_mask], dim=1)
-            hidden, attentions = run_encoder_layers(self.fusion_layers, sequence, ~mask, output_attentions)
-            # The head sees the fusion token beside the pooled unimodal features it was built from.
-            branches = (torch.cat([self.fusion_norm(hidden[:, 0]), text, image], dim=-1),)
-
+        branches, attentions = self.fusion(
+            MmsaFusionInputs(
+                text=text, image=image, text_tokens=text_tokens, text_mask=text_mask, image_tokens=img_tokens
+            ),
+            output_attentions=bool(output_attentions),
+        )
         output = MmsaModelOutput(
             pooler_output=torch.cat(branches, dim=-1),
             branch_embeds=branches,
@@ -513,22 +706,12 @@ class MmsaModel(MmsaPreTrainedModel):
             image_embeds=image,
             attentions=attentions if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
+        return output
 
     @property
     def branch_sizes(self) -> tuple[int, ...]:
         """Widths of `branch_embeds`, one per classification head."""
-        d = self.config.fusion_hidden_size
-        return {
-            "text_only": (d,),
-            "image_only": (d,),
-            "naive_cat": (2 * d,),
-            "naive_combine": (d, d),
-            "cmac": (2 * d, 2 * d),
-            "hstec": (2 * d, 2 * d),
-            "ote": (2 * d,),
-            "mm_transformer": (3 * d,),
-        }[self.config.fusion]
+        return self.fusion.branch_sizes
 
 
 class MmsaForSequenceClassification(MmsaPreTrainedModel):
@@ -546,6 +729,7 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         self.classifiers = nn.ModuleList(MmsaClassificationHead(size, config) for size in self.mmsa.branch_sizes)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -558,14 +742,12 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         text_tokens: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices in `[0, num_labels)`; when given, the (optionally class-weighted) cross-entropy is returned.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.mmsa(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -576,7 +758,6 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
             text_features=text_features,
             text_tokens=text_tokens,
             output_attentions=output_attentions,
-            return_dict=True,
         )
         head_logits = [head(branch) for head, branch in zip(self.classifiers, outputs.branch_embeds)]
         if len(head_logits) == 1:
@@ -592,10 +773,16 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
                 weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
             loss = nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weight)
 
-        if not return_dict:
-            output = (logits, outputs.attentions) if outputs.attentions is not None else (logits,)
-            return ((loss,) + output) if loss is not None else output
         return SequenceClassifierOutput(loss=loss, logits=logits, attentions=outputs.attentions)
 
 
-__all__ = ["MmsaPreTrainedModel", "MmsaModel", "MmsaForSequenceClassification", "MmsaModelOutput"]
+__all__ = [
+    "MMSA_FUSIONS",
+    "MmsaFusion",
+    "MmsaFusionInputs",
+    "MmsaForSequenceClassification",
+    "MmsaModel",
+    "MmsaModelOutput",
+    "MmsaPreTrainedModel",
+    "register_fusion",
+]

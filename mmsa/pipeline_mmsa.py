@@ -2,6 +2,7 @@
 
 import torch
 from transformers import Pipeline
+
 from .processing_mmsa import DEFAULT_IMAGE_TIMEOUT, load_rgb_image
 
 

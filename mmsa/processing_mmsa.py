@@ -167,7 +167,9 @@ class MmsaImageProcessor(BaseImageProcessor):
     def preprocess(self, images, return_tensors="pt", training: bool = False, **kwargs) -> BatchFeature:
         """`images`: one image or a list (PIL images of any mode, or file paths). `training=True` augments."""
         if return_tensors not in ("pt", None):
-            raise ValueError(f"MmsaImageProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}.")
+            raise ValueError(
+                f"MmsaImageProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}."
+            )
         if not isinstance(images, (list, tuple)):
             images = [images]
         transform = self._train_transform if training else self._eval_transform
@@ -217,8 +219,12 @@ class MmsaProcessor(ProcessorMixin):
         encoding = {}
         if text is not None and not isinstance(text, str):
             text = list(text)  # any sequence, e.g. a `datasets` column
-        if images is not None and not isinstance(images, (list, tuple)) and hasattr(images, "__len__") and \
-                not isinstance(images, (str, bytes, dict, Image.Image)):
+        if (
+            images is not None
+            and not isinstance(images, (list, tuple))
+            and hasattr(images, "__len__")
+            and not isinstance(images, (str, bytes, dict, Image.Image))
+        ):
             images = list(images)
         if text is not None:
             for index, item in enumerate([text] if isinstance(text, str) else text):

@@ -78,10 +78,19 @@ def fake_mvsa_posts(n: int = 40, seed: int = 0):
     import random
 
     rng = random.Random(seed)
-    words = {"positive": "i love this great happy day", "negative": "i hate this awful sad day",
-             "neutral": "the photo of the day"}
-    pairs = ["positive,positive", "negative,negative", "neutral,neutral", "neutral,positive", "negative,neutral",
-             "positive,negative"]
+    words = {
+        "positive": "i love this great happy day",
+        "negative": "i hate this awful sad day",
+        "neutral": "the photo of the day",
+    }
+    pairs = [
+        "positive,positive",
+        "negative,negative",
+        "neutral,neutral",
+        "neutral,positive",
+        "negative,neutral",
+        "positive,negative",
+    ]
     posts = {}
     for post_id in range(1, n + 1):
         pair = pairs[rng.randrange(len(pairs))]
@@ -135,8 +144,14 @@ def behaviour_probe(seed: int = 0) -> dict:
             torch.manual_seed(seed)
             # A wide initialiser, so that logits are of order 1 and any change of initialisation shows.
             model = MmsaForSequenceClassification.from_text_vision_pretrained(
-                str(text_dir), str(vision_dir), fusion=fusion, fusion_hidden_size=16, fusion_num_heads=4,
-                classifier_hidden_size=8, initializer_range=0.5)
+                str(text_dir),
+                str(vision_dir),
+                fusion=fusion,
+                fusion_hidden_size=16,
+                fusion_num_heads=4,
+                classifier_hidden_size=8,
+                initializer_range=0.5,
+            )
             processor = MmsaProcessor.from_model_config(model.config, tiny_tokenizer(), max_length=32)
             inputs = processor(text=texts, images=[image, Image.open(io.BytesIO(buffer.getvalue()))])
             model.eval()
@@ -176,3 +191,19 @@ def write_random_paper_towers(folder, tokenizer_source=None):
     tokenizer.save_pretrained(folder / "text")
     AutoModel.from_config(TimmWrapperConfig(architecture="resnet50")).save_pretrained(folder / "vision")
     return folder / "text", folder / "vision"
+
+
+def example_posts(folder):
+    """Three posts for pipeline and CLI tests, their images given three ways (a PIL image, a file path written to
+    `folder/photo.png`, a greyscale PIL image)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    image = Image.new("RGB", (70, 50), (200, 30, 30))
+    image.save(Path(folder) / "photo.png")
+    return [
+        {"text": "i love this great day", "image": image},
+        {"text": "sad awful", "image": str(Path(folder) / "photo.png")},
+        {"text": "the photo", "image": Image.new("L", (20, 90), 100)},
+    ]

@@ -3,11 +3,13 @@ the test-set report."""
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .metrics import load_sentiment_metrics
 from .processing_mmsa import load_rgb_image
@@ -15,8 +17,16 @@ from .processing_mmsa import load_rgb_image
 
 logger = logging.getLogger(__name__)
 
-def make_transform(processor, training: bool, max_length: int, use_text: bool = True, use_images: bool = True,
-                   text_cache=None, image_cache=None):
+
+def make_transform(
+    processor,
+    training: bool,
+    max_length: int,
+    use_text: bool = True,
+    use_images: bool = True,
+    text_cache=None,
+    image_cache=None,
+):
     """A `Dataset.with_transform` function: tokenises texts (unpadded; the collator pads) and turns images into
     `pixel_values` (random augmentation only when `training`); a frozen tower's inputs are replaced by its cached
     features, read by the `feature_row` column."""
@@ -33,8 +43,9 @@ def make_transform(processor, training: bool, max_length: int, use_text: bool = 
             if image_cache is not None:
                 out.update(image_cache.rows(batch["feature_row"]))
             else:
-                image_transform = processor.image_processor.train_transform if training else \
-                    processor.image_processor.eval_transform
+                image_transform = (
+                    processor.image_processor.train_transform if training else processor.image_processor.eval_transform
+                )
                 out["pixel_values"] = [image_transform(load_rgb_image(image)) for image in batch["image"]]
         return out
 
@@ -52,13 +63,15 @@ class MmsaDataCollator:
         batch = {}
         if "input_ids" in features[0]:
             text_keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in features[0]]
-            batch.update(self.processor.tokenizer.pad([{k: f[k] for k in text_keys} for f in features],
-                                                      return_tensors="pt"))
+            batch.update(
+                self.processor.tokenizer.pad([{k: f[k] for k in text_keys} for f in features], return_tensors="pt")
+            )
         elif "text_tokens" in features[0]:
             tokens = [torch.as_tensor(f["text_tokens"]) for f in features]
             batch["text_tokens"] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
             batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(
-                [torch.as_tensor(f["attention_mask"], dtype=torch.long) for f in features], batch_first=True)
+                [torch.as_tensor(f["attention_mask"], dtype=torch.long) for f in features], batch_first=True
+            )
         for key in ("text_features", "pixel_values", "image_features", "image_tokens"):
             if key in features[0]:
                 batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
@@ -104,8 +117,9 @@ class MmsaTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
         for (part, decayed), group in groups.items():
-            logger.info("optimizer group %s (decay=%s): %d tensors, lr %g", part, decayed, len(group["params"]),
-                        group["lr"])
+            logger.info(
+                "optimizer group %s (decay=%s): %d tensors, lr %g", part, decayed, len(group["params"]), group["lr"]
+            )
         return self.optimizer
 
 
@@ -117,14 +131,22 @@ def build_compute_metrics(id2label: dict[int, str]):
     def compute_metrics(eval_prediction):
         logits = eval_prediction.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
-        return metric.compute(predictions=np.argmax(logits, axis=-1), references=eval_prediction.label_ids,
-                              labels=labels)
+        return metric.compute(
+            predictions=np.argmax(logits, axis=-1), references=eval_prediction.label_ids, labels=labels
+        )
 
     return compute_metrics
 
 
-def write_test_report(output_dir: str | Path, metrics: dict, predictions: np.ndarray, references: np.ndarray,
-                      id2label: dict[int, str], post_ids: list | None = None, prefix: str = "test") -> dict:
+def write_test_report(
+    output_dir: str | Path,
+    metrics: dict,
+    predictions: np.ndarray,
+    references: np.ndarray,
+    id2label: dict[int, str],
+    post_ids: list | None = None,
+    prefix: str = "test",
+) -> dict:
     """Writes `{prefix}_results.json`, `classification_report.txt`, `confusion_matrix.png` (+ `.json`) and, with
     `post_ids`, `{prefix}_predictions.jsonl` (one `{"id", "label", "prediction"}` per post, label names)."""
     import matplotlib
@@ -138,11 +160,12 @@ def write_test_report(output_dir: str | Path, metrics: dict, predictions: np.nda
     ids = list(range(len(names)))
     (output_dir / f"{prefix}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if post_ids is not None:
-        rows = [{"id": i, "label": names[int(r)], "prediction": names[int(p)]}
-                for i, r, p in zip(post_ids, references, predictions)]
+        rows = [
+            {"id": i, "label": names[int(r)], "prediction": names[int(p)]}
+            for i, r, p in zip(post_ids, references, predictions)
+        ]
         (output_dir / f"{prefix}_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    report = classification_report(references, predictions, labels=ids, target_names=names, digits=4,
-                                   zero_division=0)
+    report = classification_report(references, predictions, labels=ids, target_names=names, digits=4, zero_division=0)
     (output_dir / "classification_report.txt").write_text(report)
     matrix = confusion_matrix(references, predictions, labels=ids)
     (output_dir / "confusion_matrix.json").write_text(json.dumps({"labels": names, "matrix": matrix.tolist()}) + "\n")
@@ -153,3 +176,258 @@ def write_test_report(output_dir: str | Path, metrics: dict, predictions: np.nda
     figure.savefig(output_dir / "confusion_matrix.png", dpi=120)
     plt.close(figure)
     return {"report": report, "confusion_matrix": matrix}
+
+
+# --- run set-up: model building, threads, provenance ------------------------------------------------------------
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """`"fusion_hidden_size=128,fusion_num_layers=2"` -> `{"fusion_hidden_size": 128, "fusion_num_layers": 2}`,
+    typed and checked by `PretrainedConfig.update_from_string` on a default `MmsaConfig` (an unknown field fails)."""
+    from .configuration_mmsa import MmsaConfig
+
+    if not overrides:
+        return {}
+    probe = MmsaConfig()
+    probe.update_from_string(overrides)
+    names = [item.split("=", 1)[0].strip() for item in overrides.split(",") if item.strip()]
+    return {name: getattr(probe, name) for name in names}
+
+
+def class_weights_from(option: str | None, train_labels, num_labels: int) -> list[float] | None:
+    """Loss class weights: `"balanced"` (inverse frequency in the training split), comma-separated numbers, or none."""
+    if not option:
+        return None
+    if option == "balanced":
+        counts = Counter(int(label) for label in train_labels)
+        return [len(train_labels) / (num_labels * max(counts.get(i, 0), 1)) for i in range(num_labels)]
+    return [float(v) for v in option.split(",")]
+
+
+def build_model_and_processor(
+    text_model_name_or_path: str | None,
+    vision_model_name_or_path: str | None,
+    fusion: str,
+    config_overrides: dict,
+    class_weights: list[float] | None = None,
+    max_text_length: int = 128,
+    model_name_or_path: str | None = None,
+):
+    """The model and processor of a run: a saved MMSA folder (`model_name_or_path`), or towers joined with new fusion
+    layers (`from_text_vision_pretrained`, the config from `fusion` and `config_overrides`)."""
+    from transformers import AutoTokenizer
+
+    from .modeling_mmsa import MmsaForSequenceClassification
+    from .processing_mmsa import MmsaProcessor
+
+    if model_name_or_path:
+        model = MmsaForSequenceClassification.from_pretrained(model_name_or_path)
+        processor = MmsaProcessor.from_pretrained(model_name_or_path)
+        processor.max_length = max_text_length
+        return model, processor
+    model = MmsaForSequenceClassification.from_text_vision_pretrained(
+        text_model_name_or_path,
+        vision_model_name_or_path,
+        fusion=fusion,
+        class_weights=class_weights,
+        **config_overrides,
+    )
+    # image_only still needs a tokenizer for the processor; it comes from the text checkpoint when there is one.
+    tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+    processor = MmsaProcessor.from_model_config(model.config, tokenizer, max_length=max_text_length)
+    return model, processor
+
+
+def cores_per_process() -> int:
+    """Physical cores of this machine shared among its local processes (accelerate's rule for `--cpu`)."""
+    import os
+
+    import psutil
+
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // local_processes)
+
+
+def set_cpu_threads(requested: int | None) -> int:
+    """Sets (and returns) the intra-op thread count of training, the same whichever launcher started the script.
+    Gradients are sums over the batch that CPU kernels split among threads, so the thread count changes their last
+    bits, and over many steps the result."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"--cpu_threads must be at least 1, got {requested}.")
+    threads = requested or cores_per_process()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def git_commit(folder: str | Path) -> str | None:
+    """The commit of the checkout holding `folder` (with `+dirty` when tracked files differ from it)."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def check_label_coverage(dataset, strict: bool, label_names):
+    """Warns (or, with `strict`, refuses) when the training split has one class or a split lacks a class."""
+    problems = []
+    for name, split in dataset.items():
+        counts = Counter(int(label) for label in split["label"])
+        missing = [label_names[i] for i in range(len(label_names)) if counts.get(i, 0) == 0]
+        if len(split) == 0:
+            problems.append(f"the {name} split is empty")
+        elif name == "train" and len(counts) < 2:
+            problems.append(f"the train split holds a single class ({label_names[next(iter(counts))]})")
+        elif missing:
+            problems.append(f"the {name} split has no {', '.join(missing)} posts")
+    if problems:
+        message = "; ".join(problems)
+        if strict:
+            raise ValueError(f"{message} (--strict)")
+        logger.warning("%s: the model and its metrics will be of little use.", message)
+
+
+# --- callbacks --------------------------------------------------------------------------------------------------
+
+
+RUN_FINGERPRINT = "mmsa_run_fingerprint.json"
+
+
+def run_fingerprint(model_args: dict, data_args: dict, source: str, dataset) -> dict:
+    """What makes two runs the same run: the data (source, split, the posts of each split) and the model arguments.
+    Recorded in every checkpoint; a checkpoint is resumed only by a run with the same fingerprint."""
+    import hashlib
+
+    data_keys = (
+        "dataset_variant",
+        "split_seed",
+        "split_file",
+        "max_text_length",
+        "max_train_samples",
+        "max_eval_samples",
+        "cache_frozen_features",
+    )
+    return {
+        "dataset": str(source),
+        "posts": {
+            name: hashlib.sha256(json.dumps(list(split["id"])).encode()).hexdigest()[:16]
+            for name, split in dataset.items()
+        },
+        "data_args": {key: data_args.get(key) for key in data_keys},
+        "model_args": model_args,
+    }
+
+
+def fingerprint_mismatch(checkpoint: str | Path, fingerprint: dict) -> str | None:
+    """`None` if `checkpoint` was saved by a run with this fingerprint, else what differs."""
+    path = Path(checkpoint) / RUN_FINGERPRINT
+    if not path.is_file():
+        return f"{checkpoint} records no run fingerprint ({RUN_FINGERPRINT})"
+    recorded = json.loads(path.read_text())
+    differences = []
+    for group in ("dataset", "posts", "data_args", "model_args"):
+        old, new = recorded.get(group), fingerprint[group]
+        if isinstance(new, dict):
+            old = old or {}
+            differences += [
+                f"{group}.{key}: {old.get(key)!r} -> {new.get(key)!r}"
+                for key in sorted(set(new) | set(old))
+                if old.get(key) != new.get(key)
+            ]
+        elif old != new:
+            differences.append(f"{group}: {old!r} -> {new!r}")
+    return "; ".join(differences) or None
+
+
+class RunFingerprintCallback(TrainerCallback):
+    """Writes the run fingerprint into every checkpoint folder."""
+
+    def __init__(self, fingerprint: dict):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                (folder / RUN_FINGERPRINT).write_text(json.dumps(self.fingerprint, indent=2) + "\n")
+
+
+TRAINING_KEYS = (
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "seed",
+    "metric_for_best_model",
+    "optim",
+    "world_size",
+    "cpu_threads",
+)
+
+
+class RunInfoCallback(TrainerCallback):
+    """Records what the model card needs while the run happens (as setfit does): the arguments, the data and its
+    label counts, library versions, git commit and thread count when training begins; written to
+    `output_dir/run_info.json` when training ends (and by `write`)."""
+
+    def __init__(self, model_args: dict, data_args: dict, source: str, dataset, label_names):
+        self.info = {
+            "model_args": model_args,
+            "data_args": data_args,
+            "dataset": str(source),
+            "label_counts": {
+                name: {label_names[k]: v for k, v in sorted(Counter(int(x) for x in split["label"]).items())}
+                for name, split in dataset.items()
+            },
+        }
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.collect(args)
+
+    def collect(self, args):
+        import platform
+
+        import datasets
+        import timm
+        import transformers
+
+        from . import __version__
+
+        self.info["training_args"] = {
+            key: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+            for key in TRAINING_KEYS
+            for value in [getattr(args, key, None)]
+        }
+        self.info["git_commit"] = git_commit(Path(__file__).resolve().parent)
+        self.info["torch_threads"] = torch.get_num_threads()
+        self.info["versions"] = {
+            "mmsa": __version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "datasets": datasets.__version__,
+            "python": platform.python_version(),
+        }
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(args.output_dir)
+
+    def write(self, output_dir: str | Path):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "run_info.json").write_text(json.dumps(self.info, indent=2) + "\n")

@@ -34,11 +34,34 @@ def tiny_run(tmp_path_factory) -> Path:
     text, vision = write_tiny_towers(folder / "towers")
     raw = write_fake_mvsa(folder / "raw", fake_mvsa_posts(60, seed=4))
     output_dir = folder / "run"
-    train_hf.main([
-        "--text_model_name_or_path", str(text), "--vision_model_name_or_path", str(vision),
-        "--dataset_name_or_path", str(raw), "--output_dir", str(output_dir), "--fusion", "mm_transformer",
-        "--fusion_hidden_size", "16", "--fusion_num_heads", "4", "--num_train_epochs", "2",
-        "--head_learning_rate", "3e-3", "--disable_tqdm", "true", "--freeze_text_backbone", "true",
-        "--freeze_vision_backbone", "true", "--feature_cache_dir", str(folder / "cache"),
-    ])
+    train_hf.main(
+        [
+            "--text_model_name_or_path",
+            str(text),
+            "--vision_model_name_or_path",
+            str(vision),
+            "--dataset_name_or_path",
+            str(raw),
+            "--output_dir",
+            str(output_dir),
+            "--fusion",
+            "mm_transformer",
+            "--fusion_hidden_size",
+            "16",
+            "--fusion_num_heads",
+            "4",
+            "--num_train_epochs",
+            "2",
+            "--head_learning_rate",
+            "3e-3",
+            "--disable_tqdm",
+            "true",
+            "--freeze_text_backbone",
+            "true",
+            "--freeze_vision_backbone",
+            "true",
+            "--feature_cache_dir",
+            str(folder / "cache"),
+        ]
+    )
     return output_dir

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 from mmsa import cli, load_rgb_image
+from mmsa.testing_utils import example_posts
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +105,9 @@ def test_every_row_gets_one_record_in_order(tiny_run, tmp_path, silent_server):
         b'{"id": "surrogate text", "text": "bad \\ud800", "image": "photo.png"}',  # 6
         b'{"id": "bad \\udc80 id", "text": "fine", "image": "photo.png"}',  # 7: predicted, id kept escaped
         b'{"id": "latin-1", "text": "caf\xe9", "image": "photo.png"}',  # 8: a byte that is not UTF-8
-        json.dumps({"id": "separators", "text": "a\u2028b\u2029c\x85d", "image": "photo.png"},
-                   ensure_ascii=False).encode(),  # 9: one row, not four
+        json.dumps(
+            {"id": "separators", "text": "a\u2028b\u2029c\x85d", "image": "photo.png"}, ensure_ascii=False
+        ).encode(),  # 9: one row, not four
         json.dumps({"id": "slow url", "text": "x", "image": silent_server}).encode(),  # 10
         b"[1, 2]",  # 11
         json.dumps({**good, "id": "last"}).encode(),  # 12
@@ -114,9 +115,26 @@ def test_every_row_gets_one_record_in_order(tiny_run, tmp_path, silent_server):
     write_lines(tmp_path / "posts.jsonl", lines)
     start = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-m", "mmsa.cli", "predict", "--model", str(tiny_run), "--input", str(tmp_path / "posts.jsonl"),
-         "--output", str(tmp_path / "out.jsonl"), "--batch_size", "4", "--timeout", "1"],
-        capture_output=True, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "mmsa.cli",
+            "predict",
+            "--model",
+            str(tiny_run),
+            "--input",
+            str(tmp_path / "posts.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--batch_size",
+            "4",
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert time.monotonic() - start < 120
     assert completed.returncode == cli.ROWS_FAILED_STATUS, completed.stderr[-2000:]
     assert "11 rows: 4 predicted, 7 failed, 1 blank lines ignored" in completed.stderr
@@ -138,7 +156,9 @@ def test_every_row_gets_one_record_in_order(tiny_run, tmp_path, silent_server):
 def test_batch_output_is_atomic_and_never_the_input(tiny_run, tmp_path, monkeypatch):
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.png")
     source = tmp_path / "posts.jsonl"
-    write_lines(source, [json.dumps({"id": i, "text": "i love this", "image": "photo.png"}).encode() for i in range(6)])
+    write_lines(
+        source, [json.dumps({"id": i, "text": "i love this", "image": "photo.png"}).encode() for i in range(6)]
+    )
     before = source.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
         cli.run(["predict", "--model", str(tiny_run), "--input", str(source), "--output", str(source)])
@@ -163,13 +183,24 @@ def test_batch_output_is_atomic_and_never_the_input(tiny_run, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "photo.png", "posts.jsonl"]
 
 
-@pytest.mark.parametrize("option", [["--batch_size", "0"], ["--batch_size", "-1"], ["--timeout", "0"],
-                                    ["--timeout", "nan"]])
+@pytest.mark.parametrize(
+    "option", [["--batch_size", "0"], ["--batch_size", "-1"], ["--timeout", "0"], ["--timeout", "nan"]]
+)
 def test_numeric_options_are_validated(tiny_run, tmp_path, option):
     (tmp_path / "posts.jsonl").write_text('{"text": "x", "image": "p.png"}\n')
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(["predict", "--model", str(tiny_run), "--input", str(tmp_path / "posts.jsonl"),
-                 "--output", str(tmp_path / "out.jsonl"), *option])
+        cli.run(
+            [
+                "predict",
+                "--model",
+                str(tiny_run),
+                "--input",
+                str(tmp_path / "posts.jsonl"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                *option,
+            ]
+        )
     assert exit_info.value.code == 2 and not (tmp_path / "out.jsonl").exists()
 
 
@@ -184,7 +215,9 @@ def permuted_copy(run_dir: Path, folder: Path, order: list[int], names: dict[int
     config["label2id"] = {label: int(i) for i, label in config["id2label"].items()}
     (folder / "config.json").write_text(json.dumps(config))
     weights = load_file(folder / "model.safetensors")
-    for key in [k for k in weights if k.endswith(("out_proj.weight", "out_proj.bias")) and k.startswith("classifiers")]:
+    for key in [
+        k for k in weights if k.endswith(("out_proj.weight", "out_proj.bias")) and k.startswith("classifiers")
+    ]:
         weights[key] = weights[key][order].contiguous()
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
@@ -251,3 +284,74 @@ def test_clear_messages_instead_of_tracebacks(tiny_run, tmp_path):
     assert text.returncode == 2 and b"not valid Unicode" in text.stderr
     for completed in (split, folder, text):
         assert b"Traceback" not in completed.stderr
+
+
+def test_cli_predict_single_batch_and_evaluate(tiny_run, tmp_path, capsys):
+    posts = example_posts(tmp_path)
+    cli.run(["predict", "--model", str(tiny_run), "--text", "i love this", "--image", str(tmp_path / "photo.png")])
+    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = cli.load_classifier(str(tiny_run))({"text": "i love this", "image": str(tmp_path / "photo.png")})
+    assert single[0]["label"] == expected[0]["label"] and single[0]["score"] == pytest.approx(expected[0]["score"])
+
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    rows = [
+        {"id": "a", "text": posts[0]["text"], "image": "photo.png"},
+        {"id": "b", "text": "fine", "image": "missing.jpg"},
+        {"id": "c", "text": "", "image": "photo.png"},
+        {"id": "d", "text": "ok", "image": "broken.jpg"},
+        {"id": "e", "text": "great day", "image": "photo.png"},
+    ]
+    lines = [json.dumps(r) for r in rows[:3]] + ["{not json"] + [json.dumps(r) for r in rows[3:]]
+    (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
+    counts = cli.run(
+        [
+            "predict",
+            "--model",
+            str(tiny_run),
+            "--input",
+            str(tmp_path / "posts.jsonl"),
+            "--output",
+            str(tmp_path / "preds.jsonl"),
+            "--batch_size",
+            "2",
+        ]
+    )
+    assert counts == {"rows": 6, "predicted": 2, "errors": 4, "blank_lines": 0}
+    records = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[0]["id"] == "a" and "label" in records[0] and records[5]["id"] == "e" and "label" in records[5]
+    assert "missing.jpg does not exist" in records[1]["error"]
+    assert "text" in records[2]["error"] and records[3]["error"].startswith("invalid JSON")
+    assert "cannot read image 'broken.jpg'" in records[4]["error"]
+
+    raw = json.loads((tiny_run / "run_info.json").read_text())["dataset"]
+    metrics = cli.run(["evaluate", "--model", str(tiny_run), "--dataset", raw, "--output_dir", str(tmp_path / "ev")])
+    reported = json.loads((tiny_run / "test_results.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1"):
+        assert metrics[key] == pytest.approx(reported[key])
+    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+
+
+def test_console_script_exits_zero(tiny_run, tmp_path):
+    example_posts(tmp_path)
+    command = [
+        "mmsa",
+        "predict",
+        "--model",
+        str(tiny_run),
+        "--text",
+        "i love this",
+        "--image",
+        str(tmp_path / "photo.png"),
+        "--dtype",
+        "bfloat16",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    printed = json.loads(completed.stdout.strip().splitlines()[-1])
+    expected = cli.load_classifier(str(tiny_run), dtype="bfloat16")(
+        {"text": "i love this", "image": str(tmp_path / "photo.png")}
+    )
+    assert printed[0]["label"] == expected[0]["label"] and printed[0]["score"] == pytest.approx(expected[0]["score"])
+    failed = subprocess.run(command[:-2] + ["--dtype", "int8"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "invalid choice: 'int8'" in failed.stderr

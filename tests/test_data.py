@@ -2,10 +2,10 @@ import json
 from pathlib import Path
 
 import pytest
+from datasets import load_dataset, load_from_disk
 from huggingface_hub import DatasetCard, HfApi
 from PIL import Image
 
-from datasets import load_dataset, load_from_disk
 from mmsa import data as mvsa
 from mmsa.data import LABELS, MvsaFormatError, build_mvsa, clean_label, load_mvsa
 from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa
@@ -41,8 +41,13 @@ def test_build_fake_release(tmp_path):
     labels, text = posts[int(row["id"])]
     assert row["text"] == text  # surrounding whitespace stripped, hashtags / mentions / URLs kept
     assert "#" in row["text"] and "@user" in row["text"] and "http://t.co/" in row["text"]
-    expected = {"positive,positive": 2, "negative,negative": 0, "neutral,neutral": 1, "neutral,positive": 2,
-                "negative,neutral": 0}[labels]
+    expected = {
+        "positive,positive": 2,
+        "negative,negative": 0,
+        "neutral,neutral": 1,
+        "neutral,positive": 2,
+        "negative,neutral": 0,
+    }[labels]
     assert row["label"] == expected
     raw_bytes = (tmp_path / "data" / f"{row['id']}.jpg").read_bytes()
     stored = dataset["train"].cast_column("image", mvsa.ImageFeature(decode=False))[0]["image"]["bytes"]
@@ -86,8 +91,11 @@ def test_tiny_inputs(tmp_path, n):
 
 
 def test_text_encoding_is_found_not_mangled(tmp_path):
-    posts = {1: ("positive,positive", b"Can't wait \xa1\xad \n"), 2: ("neutral,neutral", b"\xa1\xb0quoted\xa1\xb1 \n"),
-             3: ("negative,negative", "caf\u00e9 \u2026 \U0001f600")}
+    posts = {
+        1: ("positive,positive", b"Can't wait \xa1\xad \n"),
+        2: ("neutral,neutral", b"\xa1\xb0quoted\xa1\xb1 \n"),
+        3: ("negative,negative", "caf\u00e9 \u2026 \U0001f600"),
+    }
     dataset, report = build(write_fake_mvsa(tmp_path, posts))
     texts = {row["id"]: row["text"] for split in dataset.values() for row in split}
     assert texts == {"1": "Can't wait \u2026", "2": "\u201cquoted\u201d", "3": "caf\u00e9 \u2026 \U0001f600"}
@@ -97,13 +105,17 @@ def test_text_encoding_is_found_not_mangled(tmp_path):
 def corrupt_release(root):
     """A release with one post for each kind of problem."""
     posts = {i: ("positive,positive", f"fine post {i}") for i in range(1, 21)}
-    write_fake_mvsa(root, posts, extra_rows=[
-        "21\tpositive,positive",  # label row whose files are missing
-        "22\tpositive",  # malformed: no image label
-        "23\tpositive,happy",  # unknown label word
-        "5\tnegative,negative",  # duplicated id
-        "24\tpositive\tnegative",  # malformed: too many fields
-    ])
+    write_fake_mvsa(
+        root,
+        posts,
+        extra_rows=[
+            "21\tpositive,positive",  # label row whose files are missing
+            "22\tpositive",  # malformed: no image label
+            "23\tpositive,happy",  # unknown label word
+            "5\tnegative,negative",  # duplicated id
+            "24\tpositive\tnegative",  # malformed: too many fields
+        ],
+    )
     data = root / "data"
     (data / "2.jpg").unlink()  # missing image
     (data / "3.txt").unlink()  # missing text
@@ -118,8 +130,15 @@ def corrupt_release(root):
 def test_bad_input_is_skipped_counted_and_reported(tmp_path):
     dataset, report = build(corrupt_release(tmp_path))
     assert dict(report.skipped) == {
-        "missing_files": 1, "malformed_row": 2, "unknown_label": 1, "duplicate_id": 1, "missing_image": 1,
-        "missing_text": 1, "empty_image": 1, "undecodable_image": 2, "empty_text": 1,
+        "missing_files": 1,
+        "malformed_row": 2,
+        "unknown_label": 1,
+        "duplicate_id": 1,
+        "missing_image": 1,
+        "missing_text": 1,
+        "empty_image": 1,
+        "undecodable_image": 2,
+        "empty_text": 1,
     }
     assert report.kept == 20 - 6  # posts 2, 3, 4, 6, 7 and 8 have broken files
     assert report.kept + sum(report.skipped.values()) == report.label_rows == 25
@@ -212,8 +231,9 @@ def test_push_uploads_parquet_and_card_in_one_commit(tmp_path, monkeypatch):
 
     def upload_folder(self, **kwargs):
         calls.append(("upload_folder", kwargs["repo_id"], kwargs))
-        files = sorted(str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*")
-                       if p.is_file())
+        files = sorted(
+            str(p.relative_to(kwargs["folder_path"])) for p in Path(kwargs["folder_path"]).rglob("*") if p.is_file()
+        )
         calls.append(("files", files))
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -222,18 +242,31 @@ def test_push_uploads_parquet_and_card_in_one_commit(tmp_path, monkeypatch):
     url = mvsa.push_mvsa(dataset, report, "someone/mvsa-single", private=True, staging_dir=staged)
     assert url.endswith("someone/mvsa-single")
     (name, repo, kwargs), (name2, repo2, upload), (_, files) = calls
-    assert (name, repo, kwargs["repo_type"], kwargs["private"]) == ("create_repo", "someone/mvsa-single", "dataset", True)
+    assert (name, repo, kwargs["repo_type"], kwargs["private"]) == (
+        "create_repo",
+        "someone/mvsa-single",
+        "dataset",
+        True,
+    )
     assert (name2, repo2, upload["repo_type"]) == ("upload_folder", "someone/mvsa-single", "dataset")
-    assert "30" not in upload["commit_message"] or "MVSA-Single" in upload["commit_message"]
-    assert files == ["README.md", "build_report.json", "data/test-00000-of-00001.parquet",
-                     "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"]
+    assert upload["commit_message"] == f"Upload MVSA-Single ({report.kept} posts)"
+    assert files == [
+        "README.md",
+        "build_report.json",
+        "data/test-00000-of-00001.parquet",
+        "data/train-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet",
+    ]
     # The parquet files are self-contained (image bytes embedded) and reload as the same dataset.
-    reloaded = load_dataset("parquet", data_files={s: str(staged / f"data/{s}-00000-of-00001.parquet") for s in dataset})
+    reloaded = load_dataset(
+        "parquet", data_files={s: str(staged / f"data/{s}-00000-of-00001.parquet") for s in dataset}
+    )
     for split in dataset:
         assert reloaded[split]["id"] == dataset[split]["id"]
         assert reloaded[split][0]["image"].tobytes() == dataset[split][0]["image"].tobytes()
 
 
+@pytest.mark.slow
 def test_real_mvsa_single(mvsa_single_dir):
     """The real release: the published cleaning counts, and every text decoded without mojibake."""
     raw_non_utf8 = 0
@@ -246,8 +279,11 @@ def test_real_mvsa_single(mvsa_single_dir):
     dataset, report = build_mvsa(mvsa_single_dir, return_report=True)
     assert report.kept == 4511 and report.skipped == {"label_conflict": 358} and report.unlabelled_files == []
     labels = [label for split in dataset.values() for label in split["label"]]
-    assert {name: labels.count(i) for i, name in enumerate(LABELS)} == {"positive": 2683, "negative": 1358,
-                                                                        "neutral": 470}
+    assert {name: labels.count(i) for i, name in enumerate(LABELS)} == {
+        "positive": 2683,
+        "negative": 1358,
+        "neutral": 470,
+    }
     assert {name: len(split) for name, split in dataset.items()} == {"train": 3608, "validation": 451, "test": 452}
     texts = [text for split in dataset.values() for text in split["text"]]
     assert not any(mark in text for text in texts for mark in ("\u00a1\u00ad", "\u00a1\u00b0", "\ufffd"))
@@ -267,7 +303,8 @@ def test_output_dir_is_not_overwritten_without_asking(tmp_path, monkeypatch):
 
     mvsa.main(args + ["--overwrite"])
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["README.md", "build_report.json", "dataset_dict.json", "test", "train", "validation"])
+        ["README.md", "build_report.json", "dataset_dict.json", "test", "train", "validation"]
+    )
     first = load_from_disk(str(out))["test"]["id"]
 
     # A build that fails while saving leaves the dataset that was there intact.
@@ -290,8 +327,11 @@ def test_a_build_that_keeps_nothing_fails_with_the_reasons(tmp_path, case):
         (raw / "labelResultAll.txt").write_text("\r\n".join(rows) + "\r\n")
     with pytest.raises(MvsaFormatError, match="no post kept") as error:
         build(raw)
-    expected = {"space_separated": "5 malformed_row", "header_only": "no label rows",
-                "all_conflicting": "5 label_conflict"}[case]
+    expected = {
+        "space_separated": "5 malformed_row",
+        "header_only": "no label rows",
+        "all_conflicting": "5 label_conflict",
+    }[case]
     assert expected in str(error.value)
     with pytest.raises(SystemExit) as exit_info:
         mvsa.main(["build", "--raw_dir", str(raw), "--output_dir", str(tmp_path / "out"), "--num_proc", "1"])

@@ -108,13 +108,15 @@ def route_test_images(folder):
     rgba = rgb.convert("RGBA")
     rgba.putalpha(Image.fromarray(rng.integers(0, 256, (30, 46), dtype=np.uint8)))
     rgba.save(paths.setdefault("rgba_png", folder / "rgba.png"))
-    Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 40)).save(
-        paths.setdefault("16bit_png", folder / "deep.png"))
+    Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 40).save(
+        paths.setdefault("16bit_png", folder / "deep.png")
+    )
     rgb.convert("P").save(paths.setdefault("palette_gif", folder / "palette.gif"))
     exif = Image.Exif()
     exif[0x0112] = 6
-    rgb.transpose(Image.Transpose.ROTATE_90).save(paths.setdefault("exif_jpeg", folder / "sideways.jpg"), exif=exif,
-                                                  quality=95)
+    rgb.transpose(Image.Transpose.ROTATE_90).save(
+        paths.setdefault("exif_jpeg", folder / "sideways.jpg"), exif=exif, quality=95
+    )
     return paths
 
 
@@ -126,7 +128,8 @@ def test_every_route_gives_the_same_pixels(kind, tmp_path, tiny_run):
     import http.server
     import threading
 
-    from datasets import Dataset, Image as ImageFeature
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
 
     from mmsa import cli
     from mmsa.training import make_transform
@@ -141,17 +144,21 @@ def test_every_route_gives_the_same_pixels(kind, tmp_path, tiny_run):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
     try:
-        rows = Dataset.from_dict({"image": [str(path)], "text": ["x"], "label": [0]}).cast_column("image", ImageFeature())
+        rows = Dataset.from_dict({"image": [str(path)], "text": ["x"], "label": [0]}).cast_column(
+            "image", ImageFeature()
+        )
         routes = {
             "processor, PIL image": processor(images=Image.open(path))["pixel_values"][0],
             "processor, bytes": processor(images={"bytes": path.read_bytes(), "path": None})["pixel_values"][0],
             "training / evaluation transform": rows.with_transform(make_transform(processor, False, 16))[0][
-                "pixel_values"],
+                "pixel_values"
+            ],
             "feature cache": processor.image_processor.eval_transform(load_rgb_image(rows[0]["image"])),
             "pipeline, path": classifier.preprocess({"text": "x", "image": str(path)})["pixel_values"][0],
             "pipeline, URL": classifier.preprocess({"text": "x", "image": url})["pixel_values"][0],
-            "CLI": processor(images=cli.read_post({"text": "x", "image": path.name}, tmp_path,
-                                                  classifier.model.config)["image"])["pixel_values"][0],
+            "CLI": processor(
+                images=cli.read_post({"text": "x", "image": path.name}, tmp_path, classifier.model.config)["image"]
+            )["pixel_values"][0],
         }
     finally:
         server.shutdown()

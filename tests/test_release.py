@@ -1,39 +1,27 @@
-"""push_to_hub.py, the model card, the multimodal-sentiment pipeline and the `mmsa` command line."""
+"""push_to_hub.py and the model card: what a release uploads, and that it loads and predicts without mmsa."""
 
-import functools
-import http.server
 import json
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
-from transformers import pipeline
 
 import push_to_hub
-import train_hf
-from mmsa import MmsaForSequenceClassification, MmsaProcessor, cli
+from mmsa import MmsaForSequenceClassification, MmsaProcessor
 from mmsa.data import build_mvsa, save_mvsa
-from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa, write_tiny_towers
+from mmsa.testing_utils import example_posts, fake_mvsa_posts, write_fake_mvsa
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_run):
     return tiny_run
-
-
-def posts_for(folder: Path):
-    image = Image.new("RGB", (70, 50), (200, 30, 30))
-    image.save(folder / "photo.png")
-    return [{"text": "i love this great day", "image": image}, {"text": "sad awful", "image": str(folder / "photo.png")},
-            {"text": "the photo", "image": Image.new("L", (20, 90), 100)}]
 
 
 CLEAN_ROOM = textwrap.dedent(
@@ -65,9 +53,18 @@ def test_dry_run_folder_loads_without_mmsa_and_predicts_the_same(run_dir, tmp_pa
     folder = tmp_path / "upload"
     push_to_hub.main(["--model_dir", str(run_dir), "--repo_id", "someone/mmsa-tiny", "--dry_run", str(folder)])
     names = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "configuration_mmsa.py", "modeling_mmsa.py", "processing_mmsa.py",
-            "pipeline_mmsa.py", "processor_config.json", "tokenizer.json", "README.md",
-            "confusion_matrix.png"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "configuration_mmsa.py",
+        "modeling_mmsa.py",
+        "processing_mmsa.py",
+        "pipeline_mmsa.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "confusion_matrix.png",
+    } <= names
     config = json.loads((folder / "config.json").read_text())
     assert config["custom_pipelines"]["multimodal-sentiment"]["impl"] == "pipeline_mmsa.MultimodalSentimentPipeline"
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_mmsa.MmsaForSequenceClassification"
@@ -75,14 +72,17 @@ def test_dry_run_folder_loads_without_mmsa_and_predicts_the_same(run_dir, tmp_pa
     card = ModelCard.load(folder / "README.md")
     test = json.loads((run_dir / "test_results.json").read_text())
     metrics = {m["name"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
-    assert metrics == {"accuracy": test["test_accuracy"], "macro-F1": test["test_macro_f1"],
-                       "weighted-F1": test["test_weighted_f1"]}
+    assert metrics == {
+        "accuracy": test["test_accuracy"],
+        "macro-F1": test["test_macro_f1"],
+        "weighted-F1": test["test_weighted_f1"],
+    }
     assert card.data.library_name == "transformers" and "mmsa" in card.data.tags
     assert "| 1 |" in card.text and "| 2 |" in card.text  # per-epoch validation table
     assert "![Confusion matrix" in card.text and "transformers" in card.text
     snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1).replace("someone/mmsa-tiny", str(folder))
 
-    posts = posts_for(tmp_path)
+    posts = example_posts(tmp_path)
     model = MmsaForSequenceClassification.from_pretrained(run_dir).eval()
     processor = MmsaProcessor.from_pretrained(run_dir)
     images = [p["image"] if not isinstance(p["image"], str) else Image.open(p["image"]) for p in posts]
@@ -90,8 +90,12 @@ def test_dry_run_folder_loads_without_mmsa_and_predicts_the_same(run_dir, tmp_pa
         expected = model(**processor(text=[p["text"] for p in posts], images=images)).logits
 
     result_file = tmp_path / "result.pt"
-    run = subprocess.run([sys.executable, "-c", CLEAN_ROOM, str(folder), str(tmp_path / "photo.png"),
-                          str(result_file), snippet], capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", CLEAN_ROOM, str(folder), str(tmp_path / "photo.png"), str(result_file), snippet],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = torch.load(result_file)
     assert torch.equal(result["logits"], expected)
@@ -112,20 +116,38 @@ def test_upload_goes_through_hfapi_in_one_commit(run_dir, tmp_path, monkeypatch,
                 kwargs["files"] = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
             calls.append((name, args, kwargs))
             return f"https://huggingface.co/{args[0] if args else kwargs.get('repo_id')}"
+
         return method
 
     for name in ("create_repo", "create_branch", "upload_folder", "create_tag"):
         monkeypatch.setattr(HfApi, name, record(name))
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token_123456")
-    push_to_hub.main(["--model_dir", str(run_dir), "--repo_id", "someone/mmsa-tiny", "--tag", "v0.1.0",
-                      "--revision", "dev", "--private"])
+    push_to_hub.main(
+        [
+            "--model_dir",
+            str(run_dir),
+            "--repo_id",
+            "someone/mmsa-tiny",
+            "--tag",
+            "v0.1.0",
+            "--revision",
+            "dev",
+            "--private",
+        ]
+    )
     assert [c[0] for c in calls] == ["create_repo", "create_branch", "upload_folder", "create_tag"]
     (_, repo_args, repo_kwargs), (_, branch_args, branch_kwargs), (_, _, upload), (_, tag_args, tag) = calls
     assert repo_args == ("someone/mmsa-tiny",) and repo_kwargs["private"] is True
     assert branch_args == ("someone/mmsa-tiny",) and branch_kwargs["branch"] == "dev"
     assert upload["repo_id"] == "someone/mmsa-tiny" and upload["revision"] == "dev"
-    assert {"model.safetensors", "config.json", "README.md", "modeling_mmsa.py", "pipeline_mmsa.py",
-            "confusion_matrix.png"} <= set(upload["files"])
+    assert {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "modeling_mmsa.py",
+        "pipeline_mmsa.py",
+        "confusion_matrix.png",
+    } <= set(upload["files"])
     test = json.loads((run_dir / "test_results.json").read_text())
     assert f"test accuracy {test['test_accuracy']:.4f}" in upload["commit_message"]
     assert tag_args == ("someone/mmsa-tiny",) and tag["tag"] == "v0.1.0" and tag["revision"] == "dev"
@@ -136,14 +158,20 @@ def test_upload_goes_through_hfapi_in_one_commit(run_dir, tmp_path, monkeypatch,
 def test_dataset_is_published_alongside(run_dir, tmp_path, monkeypatch):
     pushed = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: pushed.append(("repo", repo_id, kw)))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: pushed.append(
-        ("upload", kw["repo_id"], kw.get("repo_type"), sorted(p.name for p in Path(kw["folder_path"]).rglob("*")))))
+    monkeypatch.setattr(
+        HfApi,
+        "upload_folder",
+        lambda self, **kw: pushed.append(
+            ("upload", kw["repo_id"], kw.get("repo_type"), sorted(p.name for p in Path(kw["folder_path"]).rglob("*")))
+        ),
+    )
     monkeypatch.setattr(HfApi, "create_tag", lambda self, *a, **kw: None)
     raw = write_fake_mvsa(tmp_path / "raw", fake_mvsa_posts(30))
     dataset, report = build_mvsa(raw, num_proc=1, return_report=True)
     save_mvsa(dataset, report, tmp_path / "saved")
-    push_to_hub.main(["--model_dir", str(run_dir), "--repo_id", "someone/mmsa-tiny",
-                      "--dataset_dir", str(tmp_path / "saved")])
+    push_to_hub.main(
+        ["--model_dir", str(run_dir), "--repo_id", "someone/mmsa-tiny", "--dataset_dir", str(tmp_path / "saved")]
+    )
     dataset_uploads = [p for p in pushed if p[0] == "upload" and p[2] == "dataset"]
     assert len(dataset_uploads) == 1 and dataset_uploads[0][1] == "someone/mvsa-single"
     assert "train-00000-of-00001.parquet" in dataset_uploads[0][3]
@@ -167,104 +195,3 @@ def test_refuses_unfinished_or_broken_runs(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         push_to_hub.main(["--model_dir", str(broken), "--repo_id", "a/b", "--dry_run", str(tmp_path / "y")])
     assert "does not load" in capsys.readouterr().err
-
-
-@pytest.fixture
-def image_server(tmp_path):
-    Image.new("RGB", (30, 30), (10, 200, 10)).save(tmp_path / "served.png")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/served.png"
-    server.shutdown()
-
-
-def test_pipeline_inputs_and_outputs(run_dir, tmp_path, image_server):
-    classifier = pipeline("multimodal-sentiment", model=str(run_dir), trust_remote_code=True)
-    assert type(classifier).__name__ == "MultimodalSentimentPipeline"
-    in_library = cli.load_classifier(str(run_dir))  # the installed package's class, no code from the folder
-    assert type(in_library).__module__ == "mmsa.pipeline_mmsa"
-    posts = posts_for(tmp_path) + [{"text": "i love this", "image": image_server}]
-    best = classifier(posts[0])
-    assert len(best) == 1 and set(best[0]) == {"label", "score"}
-    everything = classifier(posts, batch_size=3, top_k=None)
-    assert len(everything) == 4 and all(len(p) == 3 for p in everything)
-    assert all(abs(sum(o["score"] for o in p) - 1) < 1e-5 for p in everything)
-    one_by_one = [classifier(p, top_k=None) for p in posts]
-    for batched, single in zip(everything, one_by_one):
-        assert [o["label"] for o in batched] == [o["label"] for o in single]
-        assert [o["score"] for o in batched] == pytest.approx([o["score"] for o in single], abs=1e-5)
-    url_image = Image.open(tmp_path / "served.png")
-    from_pil = classifier({"text": "i love this", "image": url_image}, top_k=None)
-    assert [o["label"] for o in from_pil] == [o["label"] for o in everything[3]]
-    assert [o["score"] for o in from_pil] == pytest.approx([o["score"] for o in everything[3]], abs=1e-6)
-    with pytest.raises(ValueError, match="non-empty 'text'"):
-        classifier({"text": " ", "image": posts[0]["image"]})
-
-
-def test_cli_predict_single_batch_and_evaluate(run_dir, tmp_path, capsys):
-    posts = posts_for(tmp_path)
-    cli.run(["predict", "--model", str(run_dir), "--text", "i love this", "--image", str(tmp_path / "photo.png")])
-    single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert single[0]["label"] in ("negative", "neutral", "positive")
-
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    rows = [
-        {"id": "a", "text": posts[0]["text"], "image": "photo.png"},
-        {"id": "b", "text": "fine", "image": "missing.jpg"},
-        {"id": "c", "text": "", "image": "photo.png"},
-        {"id": "d", "text": "ok", "image": "broken.jpg"},
-        {"id": "e", "text": "great day", "image": "photo.png"},
-    ]
-    lines = [json.dumps(r) for r in rows[:3]] + ["{not json"] + [json.dumps(r) for r in rows[3:]]
-    (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
-    counts = cli.run(["predict", "--model", str(run_dir), "--input", str(tmp_path / "posts.jsonl"),
-                       "--output", str(tmp_path / "preds.jsonl"), "--batch_size", "2"])
-    assert counts == {"rows": 6, "predicted": 2, "errors": 4, "blank_lines": 0}
-    records = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
-    assert records[0]["id"] == "a" and "label" in records[0] and records[5]["id"] == "e" and "label" in records[5]
-    assert "missing.jpg does not exist" in records[1]["error"]
-    assert "text" in records[2]["error"] and records[3]["error"].startswith("invalid JSON")
-    assert "cannot read image 'broken.jpg'" in records[4]["error"]
-
-    raw = json.loads((run_dir / "run_info.json").read_text())["dataset"]
-    metrics = cli.run(["evaluate", "--model", str(run_dir), "--dataset", raw, "--output_dir", str(tmp_path / "ev")])
-    reported = json.loads((run_dir / "test_results.json").read_text())
-    for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1"):
-        assert metrics[key] == pytest.approx(reported[key])
-    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
-
-
-def test_pipeline_fast_paths_agree_with_float32(run_dir, tmp_path):
-    posts = posts_for(tmp_path)
-    default = cli.load_classifier(str(run_dir))
-    reference = default(posts, batch_size=3, top_k=None)
-    vision_weights = [m.weight for m in default.model.mmsa.vision_model.modules()
-                      if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
-    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in vision_weights)
-    for options in ({"dtype": "bfloat16"}, {"torch_compile": True}):
-        classifier = cli.load_classifier(str(run_dir), **options)
-        if "dtype" in options:
-            assert classifier.model.dtype == torch.bfloat16
-        fast = classifier(posts, batch_size=3, top_k=None)
-        for got, expected in zip(fast, reference):
-            scores = {o["label"]: o["score"] for o in got}
-            assert [scores[o["label"]] for o in expected] == pytest.approx(
-                [o["score"] for o in expected], abs=0.03 if "dtype" in options else 1e-4)
-    remote = pipeline("multimodal-sentiment", model=str(run_dir), trust_remote_code=True, dtype=torch.bfloat16)
-    assert remote.model.dtype == torch.bfloat16 and len(remote(posts[0], top_k=None)) == 3
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        cli.load_classifier(str(run_dir), dtype="int8")
-
-
-def test_console_script_exits_zero(run_dir, tmp_path):
-    posts_for(tmp_path)
-    command = ["mmsa", "predict", "--model", str(run_dir), "--text", "i love this", "--image",
-               str(tmp_path / "photo.png"), "--dtype", "bfloat16"]
-    completed = subprocess.run(command, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout.strip().splitlines()[-1])[0]["label"] in ("negative", "neutral", "positive")
-    failed = subprocess.run(command[:-2] + ["--dtype", "int8"], capture_output=True, text=True)
-    assert failed.returncode == 2 and "invalid choice: 'int8'" in failed.stderr

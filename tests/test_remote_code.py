@@ -47,13 +47,17 @@ def test_clean_room_remote_code_load(tmp_path):
 
     result_file = tmp_path / "result.pt"
     run = subprocess.run(
-        [sys.executable, "-c", CLEAN_ROOM, str(folder), str(result_file)], capture_output=True, text=True,
+        [sys.executable, "-c", CLEAN_ROOM, str(folder), str(result_file)],
+        capture_output=True,
+        text=True,
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = torch.load(result_file)
     assert (result["model"], result["base"], result["processor"]) == (
-        "MmsaForSequenceClassification", "MmsaModel", "MmsaProcessor"
+        "MmsaForSequenceClassification",
+        "MmsaModel",
+        "MmsaProcessor",
     )
     images = [Image.new("RGBA", (70, 50), (200, 10, 10, 255)), Image.new("L", (30, 90), 40)]
     batch = processor(text=["i love this so much", "awful"], images=images)

@@ -17,12 +17,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 import train_hf
-from mmsa.data import build_mvsa
 from mmsa import feature_cache
+from mmsa.data import build_mvsa
 from mmsa.feature_cache import cache_image_features, cache_text_features
 from mmsa.metrics import load_sentiment_metrics
 from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa, write_tiny_towers
-from mmsa.training import MmsaDataCollator, MmsaTrainer, make_transform
+from mmsa.training import RUN_FINGERPRINT, MmsaDataCollator, MmsaTrainer, make_transform
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +38,31 @@ def assets(tmp_path_factory):
 
 def tiny_args(assets, output_dir, *extra):
     return [
-        "--text_model_name_or_path", assets["text"], "--vision_model_name_or_path", assets["vision"],
-        "--dataset_name_or_path", assets["raw"], "--output_dir", str(output_dir),
-        "--fusion_hidden_size", "16", "--fusion_num_heads", "4", "--per_device_train_batch_size", "8",
-        "--head_learning_rate", "2e-3", "--text_learning_rate", "1e-3", "--vision_learning_rate", "1e-3",
-        "--feature_cache_dir", str(Path(output_dir).parent / "feature_cache"), "--disable_tqdm", "true", *extra,
+        "--text_model_name_or_path",
+        assets["text"],
+        "--vision_model_name_or_path",
+        assets["vision"],
+        "--dataset_name_or_path",
+        assets["raw"],
+        "--output_dir",
+        str(output_dir),
+        "--fusion_hidden_size",
+        "16",
+        "--fusion_num_heads",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+        "--head_learning_rate",
+        "2e-3",
+        "--text_learning_rate",
+        "1e-3",
+        "--vision_learning_rate",
+        "1e-3",
+        "--feature_cache_dir",
+        str(Path(output_dir).parent / "feature_cache"),
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]
 
 
@@ -53,8 +73,9 @@ def run_script(args, env_extra=None, launcher=(sys.executable,), timeout=600):
 
 def test_train_evaluate_and_save_a_loadable_model(assets, tmp_path):
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump({"fusion": "mm_transformer", "num_train_epochs": 5, "seed": 11,
-                                           "class_weights": "balanced"}))
+    config_file.write_text(
+        yaml.safe_dump({"fusion": "mm_transformer", "num_train_epochs": 5, "seed": 11, "class_weights": "balanced"})
+    )
     output_dir = tmp_path / "run"
     # A config file, then flags that override it.
     metrics = train_hf.main([str(config_file), *tiny_args(assets, output_dir, "--num_train_epochs", "3")])
@@ -64,13 +85,25 @@ def test_train_evaluate_and_save_a_loadable_model(assets, tmp_path):
     assert [e["epoch"] for e in state["log_history"] if "eval_macro_f1" in e] == [1.0, 2.0, 3.0]
     results = json.loads((output_dir / "test_results.json").read_text())
     assert results == {k: v for k, v in metrics.items()}
-    for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1", "test_f1_negative", "test_f1_neutral",
-                "test_f1_positive"):
-        assert 0.0 <= results[key] <= 1.0
+    # The reported metrics are those of the per-post predictions written beside them.
+    rows = [json.loads(line) for line in (output_dir / "test_predictions.jsonl").read_text().splitlines()]
+    truth, guess = [r["label"] for r in rows], [r["prediction"] for r in rows]
+    labels = ["negative", "neutral", "positive"]
+    assert results["test_accuracy"] == pytest.approx(accuracy_score(truth, guess))
+    assert results["test_macro_f1"] == pytest.approx(f1_score(truth, guess, labels=labels, average="macro"))
+    assert results["test_weighted_f1"] == pytest.approx(f1_score(truth, guess, labels=labels, average="weighted"))
+    per_class = f1_score(truth, guess, labels=labels, average=None, zero_division=0)
+    assert [results[f"test_f1_{label}"] for label in labels] == pytest.approx(list(per_class))
     assert (output_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "negative" in (output_dir / "classification_report.txt").read_text()
-    assert {"configuration_mmsa.py", "modeling_mmsa.py", "processing_mmsa.py", "config.json",
-            "model.safetensors", "processor_config.json"} <= {p.name for p in output_dir.iterdir()}
+    assert {
+        "configuration_mmsa.py",
+        "modeling_mmsa.py",
+        "processing_mmsa.py",
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+    } <= {p.name for p in output_dir.iterdir()}
 
     # output_dir is a model folder: reloading it reproduces the reported test metrics.
     model = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
@@ -83,7 +116,8 @@ def test_train_evaluate_and_save_a_loadable_model(assets, tmp_path):
     references = np.array(test["label"])
     assert results["test_accuracy"] == pytest.approx(accuracy_score(references, predictions))
     assert results["test_macro_f1"] == pytest.approx(
-        f1_score(references, predictions, average="macro", labels=[0, 1, 2], zero_division=0))
+        f1_score(references, predictions, average="macro", labels=[0, 1, 2], zero_division=0)
+    )
 
 
 def test_dataset_defaults_to_mvsa_single_dir(assets, tmp_path, monkeypatch):
@@ -99,10 +133,24 @@ def test_dataset_defaults_to_mvsa_single_dir(assets, tmp_path, monkeypatch):
 
 def test_backbone_and_head_learning_rates_are_set_apart(assets, tmp_path):
     model_args, data_args, training_args = train_hf.parse_args(
-        tiny_args(assets, tmp_path / "run", "--fusion", "cmac", "--freeze_vision_backbone", "true",
-                  "--text_learning_rate", "5e-6", "--head_learning_rate", "5e-5", "--eval_strategy", "no",
-                  "--load_best_model_at_end", "false"))
-    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+        tiny_args(
+            assets,
+            tmp_path / "run",
+            "--fusion",
+            "cmac",
+            "--freeze_vision_backbone",
+            "true",
+            "--text_learning_rate",
+            "5e-6",
+            "--head_learning_rate",
+            "5e-5",
+            "--eval_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+        )
+    )
+    model, processor = train_hf.build_model(model_args, data_args)
     trainer = MmsaTrainer(model=model, args=training_args, learning_rates={"text": 5e-6, "vision": 7e-6, "head": 5e-5})
     optimizer = trainer.create_optimizer()
     by_id = {id(p): (g["group_name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
@@ -126,13 +174,16 @@ def test_local_evaluate_module():
 
 
 def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_path, monkeypatch):
-    model_args, data_args, _ = train_hf.parse_args(tiny_args(assets, tmp_path / "run", "--fusion", "hstec",
-                                                              "--freeze_vision_backbone", "true"))
-    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    model_args, data_args, _ = train_hf.parse_args(
+        tiny_args(assets, tmp_path / "run", "--fusion", "hstec", "--freeze_vision_backbone", "true")
+    )
+    model, processor = train_hf.build_model(model_args, data_args)
     split = build_mvsa(assets["raw"], num_proc=1)["validation"]
     calls = []
     real_compute = feature_cache.compute_image_features
-    monkeypatch.setattr(feature_cache, "compute_image_features", lambda *a, **k: calls.append(1) or real_compute(*a, **k))
+    monkeypatch.setattr(
+        feature_cache, "compute_image_features", lambda *a, **k: calls.append(1) or real_compute(*a, **k)
+    )
     first = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     again = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     assert len(calls) == 1 and first.path == again.path
@@ -140,7 +191,9 @@ def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_pat
     # The cached rows are exactly what the tower computes with the eval transform.
     rows = first.rows([0, 3])
     with torch.no_grad():
-        pooled, tokens = model.mmsa.encode_image(processor(images=[split[0]["image"], split[3]["image"]])["pixel_values"])
+        pooled, tokens = model.mmsa.encode_image(
+            processor(images=[split[0]["image"], split[3]["image"]])["pixel_values"]
+        )
     torch.testing.assert_close(torch.stack(rows["image_features"]), pooled)
     torch.testing.assert_close(torch.stack(rows["image_tokens"]), tokens)
 
@@ -152,8 +205,9 @@ def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_pat
         next(model.mmsa.vision_model.parameters()).add_(1.0)
     changed = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     assert len(calls) == 2 and changed.path != first.path
-    processor.image_processor.__init__(pretrained_cfg={**processor.image_processor.pretrained_cfg,
-                                                       "input_size": (3, 48, 48)})
+    processor.image_processor.__init__(
+        pretrained_cfg={**processor.image_processor.pretrained_cfg, "input_size": (3, 48, 48)}
+    )
     resized = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     assert len(calls) == 3 and resized.path not in (first.path, changed.path)
 
@@ -173,10 +227,23 @@ def assert_same_logits(model, processor, split, **caches):
 
 @pytest.mark.parametrize("fusion", ["mm_transformer", "ote"])
 def test_frozen_text_features_are_cached_and_equivalent(assets, tmp_path, fusion):
-    model_args, data_args, _ = train_hf.parse_args(tiny_args(
-        assets, tmp_path / "run", "--fusion", fusion, "--freeze_text_backbone", "true",
-        "--freeze_vision_backbone", "true", "--text_pooling", "mean", "--max_text_length", "32"))
-    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    model_args, data_args, _ = train_hf.parse_args(
+        tiny_args(
+            assets,
+            tmp_path / "run",
+            "--fusion",
+            fusion,
+            "--freeze_text_backbone",
+            "true",
+            "--freeze_vision_backbone",
+            "true",
+            "--text_pooling",
+            "mean",
+            "--max_text_length",
+            "32",
+        )
+    )
+    model, processor = train_hf.build_model(model_args, data_args)
     split = build_mvsa(assets["raw"], num_proc=1)["train"]
     with_tokens = model.config.uses_tokens
     text_cache = cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens, tmp_path / "cache")
@@ -188,28 +255,44 @@ def test_frozen_text_features_are_cached_and_equivalent(assets, tmp_path, fusion
     assert_same_logits(model, processor, split, text_cache=text_cache, image_cache=image_cache)
     # Another pooling is another cache.
     model.config.text_pooling = "cls"
-    assert cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens,
-                               tmp_path / "cache").path != text_cache.path
+    assert (
+        cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens, tmp_path / "cache").path
+        != text_cache.path
+    )
 
 
 def test_training_on_cached_features_of_both_towers(assets, tmp_path):
-    metrics = train_hf.main(tiny_args(assets, tmp_path / "run", "--fusion", "cmac", "--num_train_epochs", "2",
-                                      "--freeze_text_backbone", "true", "--freeze_vision_backbone", "true"))
+    metrics = train_hf.main(
+        tiny_args(
+            assets,
+            tmp_path / "run",
+            "--fusion",
+            "cmac",
+            "--num_train_epochs",
+            "2",
+            "--freeze_text_backbone",
+            "true",
+            "--freeze_vision_backbone",
+            "true",
+        )
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "test_predictions.jsonl").read_text().splitlines()]
     assert metrics["test_accuracy"] == pytest.approx(np.mean([r["label"] == r["prediction"] for r in rows]))
     assert [r["id"] for r in rows] == build_mvsa(assets["raw"], num_proc=1)["test"]["id"]
     assert len(list((tmp_path / "feature_cache").rglob("*.safetensors"))) == 6  # 3 splits x 2 towers
 
 
-def test_accelerate_launch_cpu_two_processes(assets, tmp_path):
+@pytest.mark.slow
+def test_torchrun_cpu_two_processes(assets, tmp_path):
+    """CPU DDP the documented way: `torchrun --nproc_per_node 2 train_hf.py ...` (accelerate 1.x's `launch --cpu`
+    starts a single process whatever `--num_processes` says)."""
     output_dir = tmp_path / "ddp"
-    args = tiny_args(assets, output_dir, "--fusion", "hstec", "--num_train_epochs", "2",
-                     "--freeze_vision_backbone", "true")
-    accelerate = shutil.which("accelerate")
-    launcher = (accelerate,) if accelerate else (sys.executable, "-m", "accelerate.commands.launch")
-    run = run_script(["launch"] * bool(accelerate) + [
-        "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", "29517", "train_hf.py", *args], launcher=launcher)
+    args = tiny_args(
+        assets, output_dir, "--fusion", "hstec", "--num_train_epochs", "2", "--freeze_vision_backbone", "true"
+    )
+    run = run_script(
+        ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "train_hf.py", *args]
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = run.stdout + run.stderr
     assert "Process rank: 0" in log and "Process rank: 1" in log and "distributed: True" in log
@@ -243,14 +326,17 @@ KILLING_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(assets, tmp_path):
     common = ["--fusion", "cmac", "--num_train_epochs", "4", "--early_stopping_patience", "0", "--seed", "5"]
     reference = run_script(["train_hf.py", *tiny_args(assets, tmp_path / "a", *common)])
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     steps_per_epoch = json.loads((tmp_path / "a" / "trainer_state.json").read_text())["global_step"] // 4
-    killed = run_script(["-c", KILLING_RUN, *tiny_args(assets, tmp_path / "b", *common)],
-                        env_extra={"KILL_AT_STEP": str(2 * steps_per_epoch)})
+    killed = run_script(
+        ["-c", KILLING_RUN, *tiny_args(assets, tmp_path / "b", *common)],
+        env_extra={"KILL_AT_STEP": str(2 * steps_per_epoch)},
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "b" / "test_results.json").exists()
     assert (tmp_path / "b" / f"checkpoint-{2 * steps_per_epoch}").is_dir()
@@ -265,7 +351,9 @@ def test_killed_run_resumes_to_the_same_result(assets, tmp_path):
 
     assert results("a") == results("b")
     history = [json.loads((tmp_path / n / "trainer_state.json").read_text())["log_history"] for n in ("a", "b")]
-    strip = [[{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in h] for h in history]
+    strip = [
+        [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in h] for h in history
+    ]
     assert strip[0][:-1] == strip[1][:-1]  # every per-epoch loss and validation metric
 
 
@@ -281,15 +369,37 @@ def test_paper_configuration_trains_both_towers_at_their_own_learning_rates(mvsa
     tokenizer = ROOT / "backbones" / "text"  # bert-base-uncased's vocabulary, as the paper's tokenizer
     text, vision = write_random_paper_towers(tmp_path / "towers", tokenizer if tokenizer.is_dir() else None)
     output_dir = tmp_path / "run"
-    argv = [str(ROOT / "configs" / "paper_bert_resnet50.yaml"), "--text_model_name_or_path", str(text),
-            "--vision_model_name_or_path", str(vision), "--dataset_name_or_path", str(mvsa_single_dir),
-            "--output_dir", str(output_dir), "--max_train_samples", "32", "--max_eval_samples", "4",
-            "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
-            "--load_best_model_at_end", "false", "--early_stopping_patience", "0", "--disable_tqdm", "true"]
+    argv = [
+        str(ROOT / "configs" / "paper_bert_resnet50.yaml"),
+        "--text_model_name_or_path",
+        str(text),
+        "--vision_model_name_or_path",
+        str(vision),
+        "--dataset_name_or_path",
+        str(mvsa_single_dir),
+        "--output_dir",
+        str(output_dir),
+        "--max_train_samples",
+        "32",
+        "--max_eval_samples",
+        "4",
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--early_stopping_patience",
+        "0",
+        "--disable_tqdm",
+        "true",
+    ]
     # The model exactly as train_hf.py initialises it (same seed, same arguments), to measure how far training moved it.
     model_args, data_args, training_args = train_hf.parse_args(argv)
     set_seed(training_args.seed)
-    before = train_hf.build_model_and_processor(model_args, data_args, None)[0].state_dict()
+    before = train_hf.build_model(model_args, data_args)[0].state_dict()
     train_hf.main(argv)
 
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
@@ -297,12 +407,20 @@ def test_paper_configuration_trains_both_towers_at_their_own_learning_rates(mvsa
     changes = {"text": 0.0, "vision": 0.0, "head": 0.0}
     for key, value in before.items():
         if value.is_floating_point() and "running_" not in key:
-            part = ("text" if key.startswith("mmsa.text_model.") else
-                    "vision" if key.startswith("mmsa.vision_model.") else "head")
+            part = (
+                "text"
+                if key.startswith("mmsa.text_model.")
+                else "vision"
+                if key.startswith("mmsa.vision_model.")
+                else "head"
+            )
             changes[part] = max(changes[part], (trained[key] - value).abs().max().item())
     config = yaml.safe_load((ROOT / "configs" / "paper_bert_resnet50.yaml").read_text())
-    rates = {"text": config["text_learning_rate"], "vision": config["vision_learning_rate"],
-             "head": config["head_learning_rate"]}
+    rates = {
+        "text": config["text_learning_rate"],
+        "vision": config["vision_learning_rate"],
+        "head": config["head_learning_rate"],
+    }
     assert rates == {"text": 5e-6, "vision": 5e-6, "head": 5e-5}
     # AdamW moves a weight by at most about lr per step (lr, then lr/2 with the linear schedule): a part without
     # gradients would not move, and the towers trained at the head's rate would move ten times as far.
@@ -316,11 +434,13 @@ def test_a_checkpoint_of_another_run_is_not_resumed(assets, tmp_path):
     train_hf.main(tiny_args(assets, output_dir, *common))
     first = (output_dir / "model.safetensors").read_bytes()
     checkpoint = next(output_dir.glob("checkpoint-*"))
-    assert json.loads((checkpoint / train_hf.RUN_FINGERPRINT).read_text())["model_args"]["fusion"] == "naive_cat"
+    assert json.loads((checkpoint / RUN_FINGERPRINT).read_text())["model_args"]["fusion"] == "naive_cat"
 
     other_data = write_fake_mvsa(tmp_path / "other_raw", fake_mvsa_posts(50, seed=9))
     other = [a if a != assets["raw"] else str(other_data) for a in tiny_args(assets, output_dir, *common)]
-    with pytest.raises(ValueError, match="holds a checkpoint of another run, not resumed: dataset: .*--overwrite_output_dir"):
+    with pytest.raises(
+        ValueError, match="holds a checkpoint of another run, not resumed: dataset: .*--overwrite_output_dir"
+    ):
         train_hf.main(other)
     with pytest.raises(ValueError, match=r"model_args.head_learning_rate: 0.002 -> 0.01"):
         train_hf.main(tiny_args(assets, output_dir, *common, "--head_learning_rate", "1e-2"))
@@ -334,9 +454,10 @@ def test_a_checkpoint_of_another_run_is_not_resumed(assets, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_a_damaged_feature_cache_file_is_named_deleted_and_recomputed(assets, tmp_path, damage, caplog):
-    model_args, data_args, _ = train_hf.parse_args(tiny_args(assets, tmp_path / "run", "--fusion", "ote",
-                                                              "--freeze_vision_backbone", "true"))
-    model, processor = train_hf.build_model_and_processor(model_args, data_args, None)
+    model_args, data_args, _ = train_hf.parse_args(
+        tiny_args(assets, tmp_path / "run", "--fusion", "ote", "--freeze_vision_backbone", "true")
+    )
+    model, processor = train_hf.build_model(model_args, data_args)
     split = build_mvsa(assets["raw"], num_proc=1)["validation"]
     cached = cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path / "cache")
     good = cached.path.read_bytes()
@@ -353,8 +474,10 @@ def test_a_damaged_feature_cache_file_is_named_deleted_and_recomputed(assets, tm
 
 def test_one_class_training_data_is_warned_about_or_refused(tmp_path, assets, caplog):
     one_class = write_fake_mvsa(tmp_path / "raw", {i: ("positive,positive", f"i love this {i}") for i in range(1, 21)})
-    args = [a if a != assets["raw"] else str(one_class) for a in tiny_args(assets, tmp_path / "run", "--fusion",
-                                                                            "text_only", "--num_train_epochs", "1")]
+    args = [
+        a if a != assets["raw"] else str(one_class)
+        for a in tiny_args(assets, tmp_path / "run", "--fusion", "text_only", "--num_train_epochs", "1")
+    ]
     with pytest.raises(ValueError, match=r"the train split holds a single class \(positive\).*\(--strict\)"):
         train_hf.main(args + ["--strict", "true"])
     with caplog.at_level("WARNING", logger="train_hf"):
@@ -362,6 +485,7 @@ def test_one_class_training_data_is_warned_about_or_refused(tmp_path, assets, ca
     assert "the train split holds a single class (positive)" in caplog.text
 
 
+@pytest.mark.slow
 def test_python_and_accelerate_launch_give_the_same_run(assets, tmp_path):
     """`accelerate launch` sets OMP_NUM_THREADS=1; train_hf.py sets the thread count itself, so both launchers
     train with the same float arithmetic: identical per-epoch losses and metrics."""
@@ -370,8 +494,10 @@ def test_python_and_accelerate_launch_give_the_same_run(assets, tmp_path):
     assert plain.returncode == 0, plain.stderr[-3000:]
     accelerate = shutil.which("accelerate")
     launcher = (accelerate, "launch") if accelerate else (sys.executable, "-m", "accelerate.commands.launch")
-    launched = run_script(["--num_processes", "1", "train_hf.py", *tiny_args(assets, tmp_path / "accelerate", *common)],
-                          launcher=launcher)
+    launched = run_script(
+        ["--num_processes", "1", "train_hf.py", *tiny_args(assets, tmp_path / "accelerate", *common)],
+        launcher=launcher,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     def history(name):
@@ -379,5 +505,45 @@ def test_python_and_accelerate_launch_give_the_same_run(assets, tmp_path):
         return [{k: v for k, v in e.items() if "runtime" not in k and "per_second" not in k} for e in entries]
 
     assert history("python") == history("accelerate")
-    threads = {json.loads((tmp_path / n / "run_info.json").read_text())["torch_threads"] for n in ("python", "accelerate")}
+    threads = {
+        json.loads((tmp_path / n / "run_info.json").read_text())["torch_threads"] for n in ("python", "accelerate")
+    }
     assert len(threads) == 1
+
+
+def test_config_fields_are_overrides_with_defaults_in_mmsa_config(assets, tmp_path):
+    from mmsa.training import parse_config_overrides
+
+    as_flags = train_hf.parse_args(tiny_args(assets, tmp_path, "--fusion_num_layers", "2", "--text_pooling", "mean"))
+    as_string = train_hf.parse_args(
+        tiny_args(assets, tmp_path, "--config_overrides", "fusion_num_layers=2,text_pooling=mean")
+    )
+    expected = {"fusion_hidden_size": 16, "fusion_num_heads": 4, "fusion_num_layers": 2, "text_pooling": "mean"}
+    assert parse_config_overrides(as_flags[0].config_overrides) == expected
+    assert parse_config_overrides(as_string[0].config_overrides) == expected
+    model = train_hf.build_model(as_flags[0], as_flags[1])[0]
+    assert (model.config.fusion_num_layers, model.config.text_pooling, model.config.attention_dropout) == (
+        2,
+        "mean",
+        0.4,
+    )
+    with pytest.raises(ValueError, match="no_such_field"):
+        parse_config_overrides("no_such_field=1")
+
+
+def test_evaluate_only_with_do_train_false(tiny_run, tmp_path):
+    dataset = json.loads((tiny_run / "run_info.json").read_text())["dataset"]
+    metrics = train_hf.main(
+        ["--model_name_or_path", str(tiny_run), "--dataset_name_or_path", dataset, "--do_train", "false",
+         "--output_dir", str(tmp_path / "eval"), "--feature_cache_dir", str(tmp_path / "cache"),
+         "--disable_tqdm", "true"]
+    )  # fmt: skip
+    trained = json.loads((tiny_run / "test_results.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1"):
+        assert metrics[key] == pytest.approx(trained[key])
+    assert not list((tmp_path / "eval").glob("checkpoint-*"))
+    assert (tmp_path / "eval" / "test_predictions.jsonl").read_text() == (
+        tiny_run / "test_predictions.jsonl"
+    ).read_text()
+    with pytest.raises(ValueError, match="--model_name_or_path"):
+        train_hf.main(["--do_train", "false", "--dataset_name_or_path", dataset, "--output_dir", str(tmp_path / "x")])

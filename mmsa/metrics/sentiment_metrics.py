@@ -1,9 +1,9 @@
 """Accuracy, macro-F1, weighted-F1 and per-class F1 for sentiment classification, as an `evaluate` module.
 
-    import evaluate
-    from mmsa.metrics import SENTIMENT_METRICS_PATH
-    metric = evaluate.load(SENTIMENT_METRICS_PATH)
-    metric.compute(predictions=[0, 2, 1], references=[0, 2, 2], labels=["negative", "neutral", "positive"])
+import evaluate
+from mmsa.metrics import SENTIMENT_METRICS_PATH
+metric = evaluate.load(SENTIMENT_METRICS_PATH)
+metric.compute(predictions=[0, 2, 1], references=[0, 2, 2], labels=["negative", "neutral", "positive"])
 """
 
 import datasets
@@ -33,7 +33,9 @@ class SentimentMetrics(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references, labels=None):

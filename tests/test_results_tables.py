@@ -1,0 +1,52 @@
+"""The README's result tables are what `bench/results/` renders, and every run behind them was trained by today's
+modelling code (its recorded behaviour probe equals today's)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmsa.testing_utils import behaviour_probe, probes_match
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import results_tables  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def today():
+    return behaviour_probe()
+
+
+def test_readme_tables_are_rendered_from_the_results(tmp_path, monkeypatch):
+    assert results_tables.main(["--check"]) == 0
+    # ... and the check can fail: one number changed by hand.
+    readme = tmp_path / "README.md"
+    text = results_tables.README.read_text()
+    start = text.index("<!-- table:paper -->")
+    row = text.index("| `", start)
+    digit = next(i for i in range(row, len(text)) if text[i].isdigit() and text[i - 1] == " ")
+    readme.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :])
+    monkeypatch.setattr(results_tables, "README", readme)
+    assert results_tables.main(["--check"]) == 1
+
+
+def test_every_run_comes_from_todays_modelling_code(today):
+    runs = results_tables.all_runs()
+    assert len(runs) >= 24  # the paper table: 8 fusions x 3 seeds
+    stale = [path.name for path, run in runs if not probes_match(run.get("behaviour_probe", {}), today)]
+    assert stale == [], f"trained by other modelling code: {stale}"
+    for path, run in runs:
+        assert run["git_commit"] and run["mmsa_version"], path.name
+        assert run["command"].startswith("accelerate launch train_hf.py configs/offline_minilm_effnet.yaml")
+
+
+@pytest.mark.parametrize("change", ["probe", "missing"])
+def test_a_stale_run_is_detected(change, today):
+    path, run = results_tables.all_runs()[0]
+    probe = dict(run["behaviour_probe"])
+    if change == "probe":
+        probe["ote"] = [value + 0.01 for value in probe["ote"]]
+    else:
+        probe.pop("pixels")
+    assert probes_match(run["behaviour_probe"], today) and not probes_match(probe, today)
