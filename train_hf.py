@@ -4,7 +4,7 @@
     accelerate launch train_hf.py configs/offline_minilm_effnet.yaml [--flag value ...]
     accelerate launch train_hf.py --text_model_name_or_path T --vision_model_name_or_path V --fusion cmac \\
         --config_overrides "fusion_hidden_size=128,fusion_num_layers=2" --dataset_name_or_path MVSA_Single
-    torchrun --nproc_per_node 2 train_hf.py configs/offline_minilm_effnet.yaml    # CPU DDP over gloo
+    torchrun --nproc_per_node 2 train_hf.py configs/offline_minilm_effnet.yaml --use_cpu true  # CPU DDP, gloo
 
 Shaped like transformers' `examples/pytorch/text-classification/run_classification.py`. Arguments come from the
 command line, from one YAML/JSON file, or from a file followed by flags that override it. Model hyperparameters are

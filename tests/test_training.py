@@ -284,14 +284,15 @@ def test_training_on_cached_features_of_both_towers(assets, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_cpu_two_processes(assets, tmp_path):
-    """CPU DDP the documented way: `torchrun --nproc_per_node 2 train_hf.py ...` (accelerate 1.x's `launch --cpu`
-    starts a single process whatever `--num_processes` says)."""
+    """CPU DDP the documented way: `torchrun --nproc_per_node 2 train_hf.py ... --use_cpu true` (accelerate 1.x's
+    `launch --cpu` starts a single process whatever `--num_processes` says)."""
     output_dir = tmp_path / "ddp"
     args = tiny_args(
         assets, output_dir, "--fusion", "hstec", "--num_train_epochs", "2", "--freeze_vision_backbone", "true"
     )
     run = run_script(
         ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "train_hf.py", *args]
+        + ["--use_cpu", "true"]
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     log = run.stdout + run.stderr
