@@ -161,11 +161,14 @@ def inference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def tables() -> dict[str, str]:
+def tables(readme_text: str = "") -> dict[str, str]:
+    """Every table: the paper table, the inference table, and a sweep table for each sweep folder and each sweep the
+    README has markers for (a marked sweep without runs renders as such, never as stale text)."""
     rendered = {"paper": paper_table_markdown(), "inference": inference_markdown()}
-    for folder in sorted((RESULTS / "sweep").glob("*")):
-        if folder.is_dir():
-            rendered[f"sweep:{folder.name}"] = sweep_markdown(folder.name)
+    sweeps = {folder.name for folder in (RESULTS / "sweep").glob("*") if folder.is_dir()}
+    sweeps |= set(re.findall(r"<!-- table:sweep:([\w-]+) -->", readme_text))
+    for fusion in sorted(sweeps):
+        rendered[f"sweep:{fusion}"] = sweep_markdown(fusion) if sweep_runs(fusion) else f"No `{fusion}` sweep runs.\n"
     return rendered
 
 
@@ -183,8 +186,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md is out of date")
     args = parser.parse_args(argv)
-    rendered = tables()
     current = README.read_text()
+    rendered = tables(current)
     expected = render(current, rendered)
     if args.check:
         if expected != current:
@@ -198,8 +201,9 @@ def main(argv=None) -> int:
     (RESULTS / "paper_table.md").write_text(rendered["paper"])
     (RESULTS / "paper_table.json").write_text(json.dumps(paper_summary(), indent=2) + "\n")
     for name, markdown in rendered.items():
-        if name.startswith("sweep:"):
-            (RESULTS / "sweep" / name.split(":", 1)[1] / "sweep.md").write_text(markdown)
+        folder = RESULTS / "sweep" / name.split(":", 1)[-1]
+        if name.startswith("sweep:") and folder.is_dir():
+            (folder / "sweep.md").write_text(markdown)
     print("\n\n".join(rendered.values()))
     return 0
 
