@@ -29,10 +29,13 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from .configuration_mmsa import SENTIMENT_LABELS
+
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("negative", "neutral", "positive")
+LABELS = SENTIMENT_LABELS
+"""The MVSA classes (the model's default labels too), in the order of their ids."""
 SPLITS = ("train", "validation", "test")
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
 LABEL_FILE = "labelResultAll.txt"

@@ -7,10 +7,18 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .dataset_card import CITATION as MVSA_CITATION
 from .modeling_mmsa import MMSA_FUSIONS
-from .offline_backbones import hub_id_of
 
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "model_card.md"
+
+BACKBONE_INFO_FILE = "mmsa_backbone.json"
+
+
+def hub_id_of(folder: str | Path) -> str | None:
+    """The Hub id a folder written by `write_offline_backbones` stands for, else None."""
+    info = Path(folder) / BACKBONE_INFO_FILE
+    return json.loads(info.read_text())["hub_id"] if info.is_file() else None
+
 
 METRIC_NAMES = {"test_accuracy": "accuracy", "test_macro_f1": "macro-F1", "test_weighted_f1": "weighted-F1"}
 

@@ -18,6 +18,8 @@ import timm
 import torch
 from transformers import AutoModel, AutoTokenizer, TimmWrapperConfig, TimmWrapperModel
 
+from .model_card import BACKBONE_INFO_FILE
+
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +85,6 @@ HUB_EQUIVALENTS = {
     "vision": "timm/tf_efficientnet_lite0.in1k",
 }
 """Hub ids of the models these folders hold, recorded in `mmsa_backbone.json` (e.g. for model cards' base_model)."""
-BACKBONE_INFO_FILE = "mmsa_backbone.json"
-
-
-def hub_id_of(folder: str | Path) -> str | None:
-    """The Hub id a folder written by `write_offline_backbones` stands for, else None."""
-    info = Path(folder) / BACKBONE_INFO_FILE
-    return json.loads(info.read_text())["hub_id"] if info.is_file() else None
 
 
 def write_offline_backbones(output_dir: str | Path) -> dict[str, Path]:
