@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train_hf  # noqa: E402
+from mmsa.testing_utils import TRAIN_ONLY_FLAGS  # noqa: E402
 
 
 def epoch_seconds(fusion, output_dir, cache_dir, extra):
@@ -30,16 +31,7 @@ def epoch_seconds(fusion, output_dir, cache_dir, extra):
         str(output_dir),
         "--num_train_epochs",
         "1",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "0",
-        "--disable_tqdm",
-        "true",
+        *TRAIN_ONLY_FLAGS,
         "--report_to",
         "none",
         *extra,

@@ -50,7 +50,7 @@ def main():
     if not data:
         parser.error("set MVSA_SINGLE_DIR to the raw MVSA-Single folder")
     sys.path.insert(0, str(ROOT))
-    from mmsa.testing_utils import write_random_paper_towers
+    from mmsa.testing_utils import TRAIN_ONLY_FLAGS, write_random_paper_towers
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = ROOT / "backbones" / "text"
@@ -76,16 +76,7 @@ def main():
             "16",
             "--max_steps",
             str(args.steps),
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "0",
-            "--disable_tqdm",
-            "true",
+            *TRAIN_ONLY_FLAGS,
         ]
         subprocess.run(
             command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL

@@ -207,3 +207,9 @@ def example_posts(folder):
         {"text": "sad awful", "image": str(Path(folder) / "photo.png")},
         {"text": "the photo", "image": Image.new("L", (20, 90), 100)},
     ]
+
+
+TRAIN_ONLY_FLAGS = ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                    "--early_stopping_patience", "0", "--disable_tqdm", "true"]  # fmt: skip
+"""`train_hf.py` flags for a run that only trains (no per-epoch evaluation or checkpoints), for tests and benchmarks
+that time or inspect training steps."""

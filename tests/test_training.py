@@ -365,7 +365,7 @@ def test_paper_configuration_trains_both_towers_at_their_own_learning_rates(mvsa
     from safetensors.torch import load_file
     from transformers import set_seed
 
-    from mmsa.testing_utils import write_random_paper_towers
+    from mmsa.testing_utils import TRAIN_ONLY_FLAGS, write_random_paper_towers
 
     tokenizer = ROOT / "backbones" / "text"  # bert-base-uncased's vocabulary, as the paper's tokenizer
     text, vision = write_random_paper_towers(tmp_path / "towers", tokenizer if tokenizer.is_dir() else None)
@@ -386,16 +386,7 @@ def test_paper_configuration_trains_both_towers_at_their_own_learning_rates(mvsa
         "4",
         "--max_steps",
         "2",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--load_best_model_at_end",
-        "false",
-        "--early_stopping_patience",
-        "0",
-        "--disable_tqdm",
-        "true",
+        *TRAIN_ONLY_FLAGS,
     ]
     # The model exactly as train_hf.py initialises it (same seed, same arguments), to measure how far training moved it.
     model_args, data_args, training_args = train_hf.parse_args(argv)
