@@ -45,6 +45,7 @@ json.dump([b - a for a, b in zip(timer.times, timer.times[1:])], open(sys.argv[1
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--cpu_threads", type=int, default=None, help="train_hf.py --cpu_threads (default: all cores)")
     args = parser.parse_args()
     data = os.environ.get("MVSA_SINGLE_DIR")
     if not data:
@@ -77,7 +78,7 @@ def main():
             "--max_steps",
             str(args.steps),
             *TRAIN_ONLY_FLAGS,
-        ]
+        ] + (["--cpu_threads", str(args.cpu_threads)] if args.cpu_threads else [])
         subprocess.run(
             command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL
         )
@@ -86,7 +87,7 @@ def main():
     print(
         f"paper configuration (BERT-base + ResNet-50, fine-tuned, batch 16): "
         f"{sum(step_seconds) / len(step_seconds):.1f} s per training step (mean of steps 2-{args.steps}), "
-        f"peak RSS {peak_mb:.0f} MB, {os.cpu_count()} CPU cores"
+        f"peak RSS {peak_mb:.0f} MB, {args.cpu_threads or os.cpu_count()} training thread(s)"
     )
 
 

@@ -105,9 +105,10 @@ def paper_table_markdown() -> str:
 
 
 def sweep_summary(fusion: str) -> tuple[dict, str | None]:
-    rows = {}
+    rows = {"base config": []}
     for result in sweep_runs(fusion):
         rows.setdefault(result["variant"], []).append(result)
+    rows = {name: runs for name, runs in rows.items() if runs}  # the base config first
     summary = {}
     for name, runs in rows.items():
         runs = sorted(runs, key=lambda r: r["seed"])
