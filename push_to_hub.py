@@ -22,6 +22,7 @@ from huggingface_hub import HfApi
 
 from mmsa import MmsaForSequenceClassification, MmsaProcessor
 from mmsa.model_card import build_model_card
+from mmsa.pipeline_mmsa import save_for_pipeline
 
 
 logger = logging.getLogger("push_to_hub")
@@ -67,8 +68,7 @@ def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, l
     """Writes the folder to upload: model (with auto_map, custom_pipelines, code), processor, card, images."""
     model, processor = check_model_dir(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    save_for_pipeline(model, processor, folder)
     for name in EXTRA_FILES:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, folder / name)

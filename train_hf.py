@@ -37,6 +37,7 @@ from mmsa import FUSION_NEEDS, MmsaConfig
 from mmsa.configuration_mmsa import SENTIMENT_LABELS
 from mmsa.data import load_mvsa
 from mmsa.feature_cache import cache_image_features, cache_text_features
+from mmsa.pipeline_mmsa import save_for_pipeline
 from mmsa.training import (
     MmsaDataCollator,
     MmsaTrainer,
@@ -435,6 +436,9 @@ def main(argv=None):
             logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
     if trainer.is_world_process_zero():
         run_info.write(training_args.output_dir)
+        if training_args.do_train:
+            # last, as it readies the model for inference: the folder also loads with the pipeline (remote code too)
+            save_for_pipeline(trainer.model, processor, training_args.output_dir)
 
     if training_args.push_to_hub and trainer.is_world_process_zero():
         # One release path: push_to_hub.py (checks the folder, writes the model card, uploads in one commit).

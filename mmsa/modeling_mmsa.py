@@ -13,9 +13,7 @@ published with it, with these differences from that code:
 """
 
 import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,14 +30,6 @@ AUTO_MAP = {
     "AutoConfig": "configuration_mmsa.MmsaConfig",
     "AutoModel": "modeling_mmsa.MmsaModel",
     "AutoModelForSequenceClassification": "modeling_mmsa.MmsaForSequenceClassification",
-}
-PIPELINE_FILE = "pipeline_mmsa.py"
-CUSTOM_PIPELINES = {
-    "multimodal-sentiment": {
-        "impl": "pipeline_mmsa.MultimodalSentimentPipeline",
-        "pt": ["AutoModelForSequenceClassification"],
-        "type": "multimodal",
-    }
 }
 
 
@@ -411,15 +401,10 @@ class MmsaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MmsaEncoderLayer"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # Saved folders load with every Auto class, whichever head class was saved, and with the
-        # `multimodal-sentiment` pipeline (its code file travels beside the model code).
+        # Saved folders load with every Auto class, whichever head class was saved. (`save_for_pipeline` also makes
+        # them load with the `multimodal-sentiment` pipeline.)
         if self._auto_class is not None:
             self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
-            pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
-            if pipeline_file.is_file():
-                Path(save_directory).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(pipeline_file, Path(save_directory) / PIPELINE_FILE)
-                self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod

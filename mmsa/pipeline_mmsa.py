@@ -70,3 +70,21 @@ class MultimodalSentimentPipeline(Pipeline):
         ranked = torch.argsort(probabilities, descending=True).tolist()
         results = [{"label": id2label[i], "score": float(probabilities[i])} for i in ranked]
         return results if top_k is None else results[:top_k]
+
+
+def save_for_pipeline(model, processor, save_directory) -> None:
+    """Saves `model` and `processor` to `save_directory` as a folder the `multimodal-sentiment` pipeline loads, also
+    without `mmsa` installed (`trust_remote_code=True`): through `Pipeline.save_pretrained`, which copies this file
+    beside the model code and records the task in the config's `custom_pipelines` (the pipeline registry's save
+    path). The model is readied for inference in place (`optimize_for_inference`), so call this last."""
+    from transformers import pipeline
+
+    classifier = pipeline(
+        "multimodal-sentiment",
+        model=model,
+        processor=processor,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+    )
+    classifier.save_pretrained(save_directory)
+    processor.save_pretrained(save_directory)

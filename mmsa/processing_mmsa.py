@@ -2,15 +2,18 @@
 
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import timm.data
+import timm
 import torch
 from PIL import Image, ImageOps
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ProcessorMixin
+from transformers.models.timm_wrapper.image_processing_timm_wrapper import TimmWrapperImageProcessor
+from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
 
 EXIF_ORIENTATION = 0x0112
@@ -116,9 +119,12 @@ def load_rgb_image(image, timeout: float = DEFAULT_IMAGE_TIMEOUT) -> Image.Image
     return image.convert("RGB")
 
 
-class MmsaImageProcessor(BaseImageProcessor):
+class MmsaImageProcessor(TimmWrapperImageProcessor):
     r"""
-    Turns images into `pixel_values` with the transforms timm derives from the image tower's pretrained config.
+    `TimmWrapperImageProcessor` (timm's transforms from the image tower's pretrained config) for MMSA models, with
+    three differences: every image goes through `load_rgb_image` (file paths, bytes and URLs; EXIF orientation;
+    any PIL mode), `preprocess(..., training=True)` applies timm's augmenting train transforms, and the processor is
+    saved with the rest of the processor (`processor_config.json`) rather than in the model's `config.json`.
 
     Args:
         pretrained_cfg (`dict`):
@@ -131,50 +137,64 @@ class MmsaImageProcessor(BaseImageProcessor):
     model_input_names = ["pixel_values"]
 
     def __init__(self, pretrained_cfg: dict[str, Any] | None = None, architecture: str | None = None, **kwargs):
-        super().__init__(**kwargs)
         if pretrained_cfg is None:
             raise ValueError("MmsaImageProcessor needs the image tower's timm `pretrained_cfg`.")
+        kwargs.pop("data_config", None)  # derived from pretrained_cfg
+        super().__init__(pretrained_cfg=dict(pretrained_cfg), architecture=architecture)
         self.pretrained_cfg = dict(pretrained_cfg)
-        self.architecture = architecture
-        data_config = timm.data.resolve_data_config(pretrained_cfg=self.pretrained_cfg, verbose=False)
-        # JSON turns tuples into lists; timm's own configs use tuples.
-        data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
-        self._eval_transform = timm.data.create_transform(**data_config, is_training=False)
-        self._train_transform = timm.data.create_transform(**data_config, is_training=True)
-        self._data_config = data_config
-
-    @property
-    def data_config(self) -> dict[str, Any]:
-        """timm's resolved data config: input_size, interpolation, mean, std, crop_pct, crop_mode."""
-        return dict(self._data_config)
 
     @property
     def eval_transform(self):
         """Deterministic resize + centre crop + normalise (timm's eval transform)."""
-        return self._eval_transform
+        return self.val_transforms
 
     @property
     def train_transform(self):
         """Augmenting transform for training (timm's train transform: random resized crop, flip, colour jitter)."""
-        return self._train_transform
+        return self.train_transforms
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        for key in ("_eval_transform", "_train_transform", "_data_config"):
-            output.pop(key, None)
+        output.pop("data_config", None)
         return output
 
+    @classmethod
+    def get_image_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # timm's wrapper reads the model's config.json; this processor has a file of its own
+        kwargs.setdefault("image_processor_filename", IMAGE_PROCESSOR_NAME)
+        return super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, *args, **kwargs):
+        return BaseImageProcessor.save_pretrained(self, *args, **kwargs)
+
+    def fetch_images(self, image_url_or_urls):
+        """Reads images (paths, URLs, bytes, PIL images) with `load_rgb_image`, keeping the nesting."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        return load_rgb_image(image_url_or_urls)
+
     def preprocess(self, images, return_tensors="pt", training: bool = False, **kwargs) -> BatchFeature:
-        """`images`: one image or a list (PIL images of any mode, or file paths). `training=True` augments."""
+        """`images`: one image or a list (PIL images of any mode, file paths, bytes or URLs). `training=True`
+        augments."""
         if return_tensors not in ("pt", None):
             raise ValueError(
                 f"MmsaImageProcessor returns PyTorch tensors only, got return_tensors={return_tensors!r}."
             )
         if not isinstance(images, (list, tuple)):
             images = [images]
-        transform = self._train_transform if training else self._eval_transform
-        pixel_values = torch.stack([transform(load_rgb_image(image)) for image in images])
-        return BatchFeature({"pixel_values": pixel_values}, tensor_type="pt")
+        images = [load_rgb_image(image) for image in images]
+        if training:
+            return BatchFeature({"pixel_values": torch.stack([self.train_transforms(i) for i in images])}, "pt")
+        return super().preprocess(images, return_tensors="pt")
+
+
+class MmsaImagesKwargs(ImagesKwargs, total=False):
+    training: bool
+
+
+class MmsaProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: MmsaImagesKwargs
+    _defaults = {"text_kwargs": {"padding": True, "truncation": True}, "common_kwargs": {"return_tensors": "pt"}}
 
 
 class MmsaProcessor(ProcessorMixin):
@@ -187,6 +207,8 @@ class MmsaProcessor(ProcessorMixin):
         tokenizer (`PreTrainedTokenizerBase`): the text tower's tokenizer.
         max_length (`int`, *optional*, defaults to 128): texts are truncated to this many tokens.
     """
+
+    valid_processor_kwargs = MmsaProcessorKwargs
 
     def __init__(self, image_processor=None, tokenizer=None, max_length: int = 128, **kwargs):
         self.max_length = max_length
@@ -203,46 +225,27 @@ class MmsaProcessor(ProcessorMixin):
         image_processor = MmsaImageProcessor(pretrained_cfg=pretrained_cfg, architecture=vision_config.architecture)
         return cls(image_processor=image_processor, tokenizer=tokenizer, max_length=max_length)
 
-    def __call__(
-        self,
-        text: str | list[str] | None = None,
-        images=None,
-        padding: bool | str = True,
-        truncation: bool = True,
-        max_length: int | None = None,
-        return_tensors: str = "pt",
-        training: bool = False,
-        **kwargs,
-    ) -> BatchFeature:
+    def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
+        """`ProcessorMixin`'s call (texts to the tokenizer, padded and truncated to `max_length`; images to the image
+        processor, with `training=True` for the augmenting transforms), with this processor's `max_length` as the
+        default length."""
+        kwargs.setdefault("max_length", self.max_length)
+        return super().__call__(images=images, text=text, **kwargs)
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # any sequence (e.g. a `datasets` column) is a batch; images are read by the image processor
+        if text is not None and not isinstance(text, str):
+            text = list(text)
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes, list)):
+            images = list(images)
+        return images, text, videos, audio
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         if text is None and images is None:
             raise ValueError("MmsaProcessor needs `text`, `images` or both.")
-        encoding = {}
-        if text is not None and not isinstance(text, str):
-            text = list(text)  # any sequence, e.g. a `datasets` column
-        if (
-            images is not None
-            and not isinstance(images, (list, tuple))
-            and hasattr(images, "__len__")
-            and not isinstance(images, (str, bytes, dict, Image.Image))
-        ):
-            images = list(images)
-        if text is not None:
-            for index, item in enumerate([text] if isinstance(text, str) else text):
-                if isinstance(item, str):
-                    check_unicode(item, "text" if isinstance(text, str) else f"text {index}")
-            encoding.update(
-                self.tokenizer(
-                    text,
-                    padding=padding,
-                    truncation=truncation,
-                    max_length=max_length or self.max_length,
-                    return_tensors=return_tensors,
-                    **kwargs,
-                )
-            )
-        if images is not None:
-            encoding.update(self.image_processor(images, return_tensors=return_tensors, training=training))
-        return BatchFeature(encoding, tensor_type=return_tensors)
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        for index, item in enumerate([text] if isinstance(text, str) else text or []):
+            check_unicode(item, "text" if isinstance(text, str) else f"text {index}")
 
     @property
     def model_input_names(self):

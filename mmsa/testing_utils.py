@@ -116,7 +116,9 @@ def behaviour_probe(seed: int = 0) -> dict:
     """What today's modelling code computes, in a few numbers: for every fusion strategy, a tiny model is joined from
     tiny towers with `from_text_vision_pretrained` under a fixed seed (so the fusion layers' initialisation is
     covered), then its eval-mode logits on fixed posts and its logits after one AdamW step are recorded; the pixel
-    means of a fixed EXIF-rotated RGBA image through the processor cover the image route.
+    means of a fixed EXIF-rotated RGBA image through the processor cover the image route. The order of each model's
+    parameters is recorded too (`parameter_order`): it is the order in which gradient clipping sums the gradient
+    norms, so a change of it alters a long training run without changing one step's logits beyond float noise.
 
     Results under `bench/results/` store this probe; a run whose probe differs from today's (beyond float noise)
     was trained by other modelling code.
@@ -165,15 +167,31 @@ def behaviour_probe(seed: int = 0) -> dict:
             with torch.no_grad():
                 after = model(**inputs).logits
             probe[fusion] = [round(float(v), 6) for v in torch.cat([before.flatten(), after.flatten()])]
+            probe[f"{fusion}_parameter_order"] = parameter_order(model)
         probe["pixels"] = [round(float(v), 6) for v in inputs["pixel_values"].mean(dim=(2, 3)).flatten()]
     return probe
 
 
-def probes_match(a: dict, b: dict, tolerance: float = 1e-4) -> bool:
-    """Whether two `behaviour_probe` results agree (same keys, every number within `tolerance`)."""
-    if a.keys() != b.keys():
+def parameter_order(model) -> list[int]:
+    """The shapes of `model.parameters()` in iteration order, flattened as `[ndim, *shape, ndim, *shape, ...]`."""
+    return [size for parameter in model.parameters() for size in (parameter.dim(), *parameter.shape)]
+
+
+def probe_keys(fusion: str) -> list[str]:
+    """The `behaviour_probe` entries that determine a run of `fusion`: its logits, its parameter order, the pixels."""
+    return [fusion, f"{fusion}_parameter_order", "pixels"]
+
+
+def probes_match(a: dict, b: dict, tolerance: float = 1e-4, keys=None) -> bool:
+    """Whether two `behaviour_probe` results agree: every number within `tolerance`, over `keys` (all of them, and
+    the same key set, when None). A run of one fusion is reproducible by other code when `probe_keys(fusion)` match."""
+    if keys is None:
+        if a.keys() != b.keys():
+            return False
+        keys = a.keys()
+    if any(k not in a or k not in b for k in keys):
         return False
-    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= tolerance for x, y in zip(a[k], b[k])) for k in a)
+    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= tolerance for x, y in zip(a[k], b[k])) for k in keys)
 
 
 def write_random_paper_towers(folder, tokenizer_source=None):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,23 @@ def test_processor_round_trip(tmp_path):
     texts = ["i love this", "sad day the a photo"]
     a, b = processor(text=texts, images=[image, image]), reloaded(text=texts, images=[image, image])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_image_processor_is_timms_with_a_file_of_its_own(tmp_path):
+    """It is a `TimmWrapperImageProcessor` that saves and loads on its own (timm's wrapper does neither: it reads the
+    model's config.json), and its saved form holds the pretrained config, not the derived data config."""
+    from transformers import AutoImageProcessor, TimmWrapperImageProcessor
+
+    _, processor = tiny_model_and_processor()
+    image_processor = processor.image_processor
+    assert isinstance(image_processor, TimmWrapperImageProcessor)
+    image_processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert "pretrained_cfg" in saved and "data_config" not in saved
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(reloaded) is MmsaImageProcessor and reloaded.data_config == image_processor.data_config
+    image = Image.new("RGB", (50, 40), (1, 2, 3))
+    assert torch.equal(reloaded(image)["pixel_values"], image_processor(image)["pixel_values"])
 
 
 def test_truncation_and_missing_inputs():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsa.testing_utils import behaviour_probe, probes_match
+from mmsa.testing_utils import behaviour_probe, parameter_order, probe_keys, probes_match
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -34,19 +34,42 @@ def test_readme_tables_are_rendered_from_the_results(tmp_path, monkeypatch):
 def test_every_run_comes_from_todays_modelling_code(today):
     runs = results_tables.all_runs()
     assert len(runs) >= 24  # the paper table: 8 fusions x 3 seeds
-    stale = [path.name for path, run in runs if not probes_match(run.get("behaviour_probe", {}), today)]
+    stale = [
+        path.name
+        for path, run in runs
+        if not probes_match(run.get("behaviour_probe", {}), today, keys=probe_keys(run["fusion"]))
+    ]
     assert stale == [], f"trained by other modelling code: {stale}"
     for path, run in runs:
         assert run["git_commit"] and run["mmsa_version"], path.name
         assert run["command"].startswith("accelerate launch train_hf.py configs/offline_minilm_effnet.yaml")
 
 
-@pytest.mark.parametrize("change", ["probe", "missing"])
+@pytest.mark.parametrize("change", ["logits", "order", "pixels", "missing"])
 def test_a_stale_run_is_detected(change, today):
     path, run = results_tables.all_runs()[0]
+    keys = probe_keys(run["fusion"])
     probe = dict(run["behaviour_probe"])
-    if change == "probe":
-        probe["ote"] = [value + 0.01 for value in probe["ote"]]
+    if change == "logits":
+        probe[run["fusion"]] = [value + 0.01 for value in probe[run["fusion"]]]
+    elif change == "order":
+        # the first parameter registered last instead: one step's logits agree, gradient-clipping sums do not
+        order = probe[keys[1]]
+        first = order[0] + 1  # [ndim, *shape]
+        probe[keys[1]] = order[first:] + order[:first]
+    elif change == "pixels":
+        probe["pixels"] = [value + 0.01 for value in probe["pixels"]]
     else:
-        probe.pop("pixels")
-    assert probes_match(run["behaviour_probe"], today) and not probes_match(probe, today)
+        probe.pop(keys[1])
+    assert probes_match(run["behaviour_probe"], today, keys=keys)
+    assert not probes_match(probe, today, keys=keys)
+
+
+def test_parameter_order_sees_registration_order():
+    import torch
+
+    first, second = torch.nn.Module(), torch.nn.Module()
+    first.norm, first.proj = torch.nn.LayerNorm(8), torch.nn.Linear(8, 4)
+    second.proj, second.norm = torch.nn.Linear(8, 4), torch.nn.LayerNorm(8)
+    assert parameter_order(first) == [1, 8, 1, 8, 2, 4, 8, 1, 4]
+    assert parameter_order(second) == [2, 4, 8, 1, 4, 1, 8, 1, 8]
