@@ -3,8 +3,10 @@
     mmsa predict --model M --text T --image I
     mmsa predict --model M --input posts.jsonl --output preds.jsonl [--batch_size 32] [--timeout 10]
     mmsa evaluate --model M --dataset D [--split test] [--output_dir DIR]
+    mmsa explain --model M --text T --image I --output why.html|why.png|why.json [--target LABEL]
+    mmsa explain --model M --input posts.jsonl --output DIR [--format html|png]
 
-Both take `--device`, `--dtype bfloat16` (faster on CPUs with AVX512-BF16/AMX and on recent GPUs) and `--compile`
+`predict` and `evaluate` take `--device`, `--dtype bfloat16` (faster on CPUs with AVX512-BF16/AMX and on recent GPUs) and `--compile`
 (compiles the image tower: a compilation on the first batch, then faster batches; for batch jobs).
 
 `--model` is a saved model folder or a Hub id; a folder whose weights do not cover its config is refused. In batch
@@ -14,6 +16,8 @@ input order: the prediction, or an `error` naming what is wrong with that row (b
 types, unreadable or missing image, an image URL that does not answer, empty text); the other rows go on. The output
 is written to a temporary file beside `--output` and renamed into place at the end, so an interrupted run leaves no
 partial output. Exit status: 0 when every row was predicted, 3 when some rows failed (their number is printed).
+`explain` in batch mode writes `DIR/explanations.jsonl` (one record per input row, the same way) and one figure per
+explained row (`DIR/line-<n>.html`); see `mmsa.explain` for what the numbers mean.
 """
 
 import argparse
@@ -224,6 +228,71 @@ def predict_file(
     return counts
 
 
+def load_explainer(model: str):
+    """The model (eval mode) and processor of a folder or Hub id, for `mmsa.explain`."""
+    from transformers import AutoProcessor
+
+    return load_model(model).eval(), AutoProcessor.from_pretrained(model)
+
+
+def save_explanation(explanation, path: Path) -> None:
+    """`.html` (a page with the figure inline), `.png` (the side-by-side figure) or `.json` (the numbers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".html":
+        path.write_text(f"<!doctype html>\n<meta charset='utf-8'>\n{explanation.to_html()}\n", encoding="utf-8")
+    elif path.suffix == ".png":
+        explanation.save_png(path)
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    else:
+        raise ValueError(f"--output {path}: the file name must end in .html, .png or .json")
+
+
+def explain_file(
+    model,
+    processor,
+    input_path: Path,
+    output_dir: Path,
+    fmt: str = "html",
+    target=None,
+    n_steps: int = 16,
+    timeout: float = DEFAULT_IMAGE_TIMEOUT,
+) -> dict:
+    """Explains every row of a JSONL file of posts: `output_dir/explanations.jsonl` has one record per input row,
+    in order (the explanation's numbers, or an `error`), and `output_dir/line-<n>.<fmt>` one figure per explained
+    row. Returns counts of explained and failed rows, and of blank lines."""
+    from .explain import explain
+
+    if fmt not in ("html", "png"):
+        raise ValueError(f"format must be html or png, got {fmt!r}")
+    rows, blank = read_rows(input_path)
+    counts = {"rows": len(rows), "explained": 0, "errors": 0, "blank_lines": blank}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = output_dir / "explanations.jsonl"
+    handle, partial = tempfile.mkstemp(prefix=".explanations.", suffix=".partial", dir=output_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            for number, row in tqdm(rows, desc="explaining", unit="post"):
+                record = {"line": number, "id": row.get("id") if isinstance(row, dict) else None}
+                try:
+                    if isinstance(row, str):
+                        raise ValueError(row)
+                    post = read_post(row, input_path.parent, model.config, timeout)
+                    explanation = explain(model, processor, post.get("text"), post.get("image"), target, n_steps)
+                    figure = output_dir / f"line-{number}.{fmt}"
+                    save_explanation(explanation, figure)
+                    record.update(explanation.to_dict(), figure=figure.name)
+                except ValueError as error:
+                    record["error"] = str(error)
+                counts["errors" if "error" in record else "explained"] += 1
+                out.write(json_line(record))
+        os.replace(partial, records)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return counts
+
+
 def evaluate_model(
     model: str,
     dataset: str,
@@ -324,12 +393,28 @@ def run(argv=None):
     evaluate.add_argument("--dataset", required=True, help="raw MVSA folder, saved dataset folder or Hub id")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--output_dir", type=Path, default=None, help="write metrics + confusion matrix here")
+    explainer = commands.add_parser(
+        "explain", help="why the model classified a post so: word scores, image heatmap, modality shares"
+    )
+    explainer.add_argument("--model", required=True, help="saved model folder or Hub id")
+    explainer.add_argument("--text")
+    explainer.add_argument("--image", help="image file path or URL")
+    explainer.add_argument("--input", type=Path, help="JSONL file of posts")
+    explainer.add_argument(
+        "--output", type=Path, required=True, help="out.html, out.png or out.json; a folder with --input"
+    )
+    explainer.add_argument("--format", choices=("html", "png"), default="html", help="figure format with --input")
+    explainer.add_argument("--target", default=None, help="label to explain (default: the predicted one)")
+    explainer.add_argument("--steps", type=positive_int, default=16, help="integrated-gradients steps")
+    explainer.add_argument("--timeout", type=positive_float, default=DEFAULT_IMAGE_TIMEOUT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     try:
         if args.command == "predict":
             return run_predict(parser, args)
+        if args.command == "explain":
+            return run_explain(parser, args)
         metrics = evaluate_model(
             args.model,
             args.dataset,
@@ -369,6 +454,36 @@ def run_predict(parser, args):
     classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
     post = read_post({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout)
     result = classifier(post, top_k=top_k)
+    print(json.dumps(result, ensure_ascii=False))
+    return result
+
+
+def run_explain(parser, args):
+    from .explain import explain
+
+    if args.input:
+        if not args.input.is_file():
+            parser.error(f"--input {args.input} is not a file")
+        model, processor = load_explainer(args.model)
+        counts = explain_file(
+            model, processor, args.input, args.output, args.format, args.target, args.steps, args.timeout
+        )
+        blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
+        print(
+            f"{counts['rows']} rows: {counts['explained']} explained, {counts['errors']} failed{blank} "
+            f"-> {args.output}",
+            file=sys.stderr,
+        )
+        return counts
+    if args.output.suffix not in (".html", ".png", ".json"):
+        parser.error(f"--output {args.output}: the file name must end in .html, .png or .json")
+    if args.text is not None:
+        check_text(args.text)
+    model, processor = load_explainer(args.model)
+    post = read_post({"text": args.text, "image": args.image}, Path.cwd(), model.config, args.timeout)
+    explanation = explain(model, processor, post.get("text"), post.get("image"), args.target, args.steps)
+    save_explanation(explanation, args.output)
+    result = explanation.to_dict()
     print(json.dumps(result, ensure_ascii=False))
     return result
 

@@ -1,5 +1,7 @@
 """Explanations: faithful word and image attributions on a trained model, every fusion, frozen towers, outputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -228,3 +230,40 @@ def test_html_and_png(tmp_path):
     with Image.open(tmp_path / "why.png") as figure:
         assert figure.width > figure.height > 100
     assert set(explanation.to_dict()) >= {"label", "probabilities", "words", "modality_shares", "methods"}
+
+
+def test_cli_explains_one_post_and_a_batch(tiny_run, tmp_path):
+    from mmsa import cli
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(image)
+    for name in ("why.html", "why.png", "why.json"):
+        result = cli.run(
+            ["explain", "--model", str(tiny_run), "--text", "i love this", "--image", str(image), "--output",
+             str(tmp_path / name)]
+        )  # fmt: skip
+        assert (tmp_path / name).stat().st_size > 100
+    assert [w for w, _ in result["words"]] == ["i", "love", "this"]
+    model, processor = cli.load_explainer(str(tiny_run))
+    direct = explain(model, processor, "i love this", str(image))
+    assert result["label"] == direct.label and result["probabilities"] == pytest.approx(direct.probabilities)
+
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        '{"id": "a", "text": "i love this", "image": "photo.png"}\n'
+        "\n"
+        '{"id": "b", "text": "sad day", "image": "missing.png"}\n'
+        "not json\n"
+        '{"id": "c", "text": "", "image": "photo.png"}\n'
+        '{"id": "d", "text": "great photo", "image": "photo.png"}\n'
+    )
+    counts = cli.run(["explain", "--model", str(tiny_run), "--input", str(posts), "--output", str(tmp_path / "out")])
+    assert counts == {"rows": 5, "explained": 2, "errors": 3, "blank_lines": 1}
+    records = [json.loads(line) for line in (tmp_path / "out" / "explanations.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 3, 4, 5, 6]
+    assert [("error" in r) for r in records] == [False, True, True, True, False]
+    assert "does not exist" in records[1]["error"] and "empty 'text'" in records[3]["error"]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"explanations.jsonl", "line-1.html", "line-6.html"}
+    assert cli.main(["explain", "--model", str(tiny_run), "--input", str(posts), "--output", str(tmp_path / "o")]) == 3
+    with pytest.raises(SystemExit):
+        cli.run(["explain", "--model", str(tiny_run), "--text", "hi", "--image", str(image), "--output", "x.txt"])
