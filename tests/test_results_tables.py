@@ -73,3 +73,10 @@ def test_parameter_order_sees_registration_order():
     second.proj, second.norm = torch.nn.Linear(8, 4), torch.nn.LayerNorm(8)
     assert parameter_order(first) == [1, 8, 1, 8, 2, 4, 8, 1, 4]
     assert parameter_order(second) == [2, 4, 8, 1, 4, 1, 8, 1, 8]
+
+
+def test_the_main_job_trains_the_fusion_selected_on_validation():
+    import yaml
+
+    config = yaml.safe_load((results_tables.ROOT / "configs" / "offline_minilm_effnet.yaml").read_text())
+    assert config["fusion"] == results_tables.selected_fusion(results_tables.paper_summary())
