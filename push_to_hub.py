@@ -28,6 +28,7 @@ from mmsa.pipeline_mmsa import save_for_pipeline
 logger = logging.getLogger("push_to_hub")
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "test_results.json", "trainer_state.json", "run_info.json")
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXTRA_FILES = (
     "confusion_matrix.png",
     "confusion_matrix.json",
@@ -64,15 +65,39 @@ def check_model_dir(model_dir: Path):
     return model, processor
 
 
+def explain_example(model, processor, figure: Path) -> dict | None:
+    """Explains the first example post of `examples/posts.jsonl` (made for the demo, not MVSA data) and saves the
+    figure; None, with a warning, when captum is not installed."""
+    from mmsa.explain import explain
+
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        logger.warning("captum is not installed: the model card gets no example explanation")
+        return None
+    post = json.loads((EXAMPLES / "posts.jsonl").read_text().splitlines()[0])
+    config = model.config
+    explanation = explain(
+        model,
+        processor,
+        post["text"] if config.uses_text else None,
+        str(EXAMPLES / post["image"]) if config.uses_vision else None,
+    )
+    explanation.save_png(figure)
+    return {**explanation.to_dict(), "text": post["text"]}
+
+
 def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, license: str) -> Path:
     """Writes the folder to upload: model (with auto_map, custom_pipelines, code), processor, card, images."""
     model, processor = check_model_dir(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    explanation = explain_example(model, processor, folder / "explanation.png")
     save_for_pipeline(model, processor, folder)
     for name in EXTRA_FILES:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, folder / name)
-    build_model_card(model_dir, repo_id, dataset_id=dataset_id, license=license).save(folder / "README.md")
+    card = build_model_card(model_dir, repo_id, dataset_id=dataset_id, license=license, explanation=explanation)
+    card.save(folder / "README.md")
     return folder
 
 

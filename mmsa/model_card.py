@@ -57,9 +57,11 @@ def build_model_card(
     dataset_id: str | None = None,
     license: str = "other",
     base_models: list[str] | None = None,
+    explanation: dict | None = None,
 ) -> ModelCard:
     """The card of a `train_hf.py` output folder (reads config.json, test_results.json, trainer_state.json and
-    run_info.json; every figure comes from those files)."""
+    run_info.json; every figure comes from those files). `explanation`: an example post's `Explanation.to_dict()`
+    with its `text`, shown beside `explanation.png` (written by `push_to_hub.py`)."""
     from .configuration_mmsa import MmsaConfig
 
     model_dir = Path(model_dir)
@@ -157,4 +159,5 @@ def build_model_card(
         hyperparameters=hyperparameters,
         versions=info["versions"],
         mvsa_citation=MVSA_CITATION,
+        explanation=explanation,
     )

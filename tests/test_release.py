@@ -19,6 +19,9 @@ from mmsa.data import build_mvsa, save_mvsa
 from mmsa.testing_utils import example_posts, fake_mvsa_posts, write_fake_mvsa
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tiny_run):
     return tiny_run
@@ -64,6 +67,7 @@ def test_dry_run_folder_loads_without_mmsa_and_predicts_the_same(run_dir, tmp_pa
         "tokenizer.json",
         "README.md",
         "confusion_matrix.png",
+        "explanation.png",
     } <= names
     config = json.loads((folder / "config.json").read_text())
     assert config["custom_pipelines"]["multimodal-sentiment"]["impl"] == "pipeline_mmsa.MultimodalSentimentPipeline"
@@ -80,6 +84,18 @@ def test_dry_run_folder_loads_without_mmsa_and_predicts_the_same(run_dir, tmp_pa
     assert card.data.library_name == "transformers" and "mmsa" in card.data.tags
     assert "| 1 |" in card.text and "| 2 |" in card.text  # per-epoch validation table
     assert "![Confusion matrix" in card.text and "transformers" in card.text
+    # the example explanation: its figure, its numbers as the model gives them, and the pointer to the demo
+    assert "![Example explanation" in card.text and "python app.py --model someone/mmsa-tiny" in card.text
+    from mmsa.explain import explain
+
+    beach = json.loads((ROOT / "examples" / "posts.jsonl").read_text().splitlines()[0])
+    direct = explain(
+        MmsaForSequenceClassification.from_pretrained(run_dir).eval(),
+        MmsaProcessor.from_pretrained(run_dir),
+        beach["text"],
+        str(ROOT / "examples" / beach["image"]),
+    )
+    assert f"classified\n**{direct.label}** ({100 * direct.probabilities[direct.label]:.0f}%)" in card.text
     snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1).replace("someone/mmsa-tiny", str(folder))
 
     posts = example_posts(tmp_path)
