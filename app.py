@@ -83,7 +83,7 @@ def build_demo(model, processor, n_steps: int = 16) -> gr.Blocks:
             with gr.Column():
                 label = gr.Label(label="Sentiment", num_top_classes=len(config.id2label), elem_id="label")
                 words = gr.HighlightedText(
-                    label="Words (green: towards the label, red: against)",
+                    label="Words, shaded by attribution (red: towards the label, blue: against)",
                     elem_id="words",
                 )
                 heatmap = gr.Image(label="Image evidence (heatmap)", type="pil", elem_id="heatmap")

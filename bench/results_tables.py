@@ -151,6 +151,10 @@ def inference_markdown() -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, result in data["results"].items():
+        if "skipped" in result:
+            description = data["settings"][name].get("description", name)
+            lines.append(f"| {description} | not measured: {result['skipped']} | | | | |")
+            continue
         pipeline = f"{result['pipeline_posts_per_s']:.1f}" if "pipeline_posts_per_s" in result else "-"
         agreement = (
             "(baseline)" if name == next(iter(data["results"])) else f"{100 * result['agreement_with_baseline']:.1f}%"

@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,19 +77,16 @@ def load_classifier(
     `dtype` ("float32", "bfloat16", "float16"; default: float32) is the precision the model is loaded in;
     `torch_compile` compiles the image tower (see `MmsaPreTrainedModel.optimize_for_inference`).
     """
-    from transformers import AutoProcessor, pipeline
+    from transformers import AutoProcessor
 
-    from .pipeline_mmsa import MultimodalSentimentPipeline
+    from .pipeline_mmsa import MultimodalSentimentPipeline, multimodal_sentiment_pipeline
 
     loaded = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     # The in-library pipeline class, so that no code from the model folder or repository is run.
-    return pipeline(
-        "multimodal-sentiment",
-        model=loaded,
-        processor=processor,
-        tokenizer=processor.tokenizer,
-        image_processor=processor.image_processor,
+    return multimodal_sentiment_pipeline(
+        loaded,
+        processor,
         device=device,
         trust_remote_code=trust_remote_code,
         pipeline_class=None if trust_remote_code else MultimodalSentimentPipeline,
@@ -175,6 +173,21 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+@contextmanager
+def atomic_output(path: Path):
+    """A text file handle for `path` that is written to a temporary file beside it and renamed into place when the
+    block ends without error (else the temporary file is removed): an interrupted run leaves no partial output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            yield out
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
 def predict_file(
     classifier, input_path: Path, output_path: Path, batch_size: int, top_k, timeout: float = DEFAULT_IMAGE_TIMEOUT
 ) -> dict:
@@ -187,44 +200,37 @@ def predict_file(
     rows, blank = read_rows(input_path)
     config = classifier.model.config
     counts = {"rows": len(rows), "predicted": 0, "errors": 0, "blank_lines": blank}
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".partial", dir=output_path.parent)
-    try:
-        with (
-            os.fdopen(handle, "w", encoding="utf-8") as out,
-            tqdm(total=len(rows), desc="predicting", unit="post") as bar,
-            ThreadPoolExecutor(IMAGE_READERS) as readers,
-        ):
+    with (
+        atomic_output(output_path) as out,
+        tqdm(total=len(rows), desc="predicting", unit="post") as bar,
+        ThreadPoolExecutor(IMAGE_READERS) as readers,
+    ):
 
-            def prepare(item):
-                number, row = item
-                record = {"line": number}
-                if isinstance(row, str):  # the line could not be parsed
-                    return record, None, row
-                if isinstance(row, dict):
-                    record["id"] = row.get("id")
-                try:
-                    return record, read_post(row, input_path.parent, config, timeout), None
-                except ValueError as error:
-                    return record, None, str(error)
+        def prepare(item):
+            number, row = item
+            record = {"line": number}
+            if isinstance(row, str):  # the line could not be parsed
+                return record, None, row
+            if isinstance(row, dict):
+                record["id"] = row.get("id")
+            try:
+                return record, read_post(row, input_path.parent, config, timeout), None
+            except ValueError as error:
+                return record, None, str(error)
 
-            for start in range(0, len(rows), batch_size):
-                prepared = list(readers.map(prepare, rows[start : start + batch_size]))
-                posts = [post for _, post, _ in prepared if post is not None]
-                predictions = iter(classifier(posts, batch_size=batch_size, top_k=top_k) if posts else [])
-                for record, post, error in prepared:
-                    if post is None:
-                        record["error"] = error
-                    else:
-                        prediction = next(predictions)
-                        record.update(prediction[0]) if top_k == 1 else record.update(scores=prediction)
-                    counts["errors" if "error" in record else "predicted"] += 1
-                    out.write(json_line(record))
-                bar.update(len(prepared))
-        os.replace(partial, output_path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+        for start in range(0, len(rows), batch_size):
+            prepared = list(readers.map(prepare, rows[start : start + batch_size]))
+            posts = [post for _, post, _ in prepared if post is not None]
+            predictions = iter(classifier(posts, batch_size=batch_size, top_k=top_k) if posts else [])
+            for record, post, error in prepared:
+                if post is None:
+                    record["error"] = error
+                else:
+                    prediction = next(predictions)
+                    record.update(prediction[0]) if top_k == 1 else record.update(scores=prediction)
+                counts["errors" if "error" in record else "predicted"] += 1
+                out.write(json_line(record))
+            bar.update(len(prepared))
     return counts
 
 
@@ -269,27 +275,21 @@ def explain_file(
     counts = {"rows": len(rows), "explained": 0, "errors": 0, "blank_lines": blank}
     output_dir.mkdir(parents=True, exist_ok=True)
     records = output_dir / "explanations.jsonl"
-    handle, partial = tempfile.mkstemp(prefix=".explanations.", suffix=".partial", dir=output_dir)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for number, row in tqdm(rows, desc="explaining", unit="post"):
-                record = {"line": number, "id": row.get("id") if isinstance(row, dict) else None}
-                try:
-                    if isinstance(row, str):
-                        raise ValueError(row)
-                    post = read_post(row, input_path.parent, model.config, timeout)
-                    explanation = explain(model, processor, post.get("text"), post.get("image"), target, n_steps)
-                    figure = output_dir / f"line-{number}.{fmt}"
-                    save_explanation(explanation, figure)
-                    record.update(explanation.to_dict(), figure=figure.name)
-                except ValueError as error:
-                    record["error"] = str(error)
-                counts["errors" if "error" in record else "explained"] += 1
-                out.write(json_line(record))
-        os.replace(partial, records)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_output(records) as out:
+        for number, row in tqdm(rows, desc="explaining", unit="post"):
+            record = {"line": number, "id": row.get("id") if isinstance(row, dict) else None}
+            try:
+                if isinstance(row, str):
+                    raise ValueError(row)
+                post = read_post(row, input_path.parent, model.config, timeout)
+                explanation = explain(model, processor, post.get("text"), post.get("image"), target, n_steps)
+                figure = output_dir / f"line-{number}.{fmt}"
+                save_explanation(explanation, figure)
+                record.update(explanation.to_dict(), figure=figure.name)
+            except ValueError as error:
+                record["error"] = str(error)
+            counts["errors" if "error" in record else "explained"] += 1
+            out.write(json_line(record))
     return counts
 
 
@@ -431,6 +431,15 @@ def run(argv=None):
     return metrics
 
 
+def report_counts(counts: dict, done: str, output: Path) -> dict:
+    """Prints a batch's summary line to stderr ("N rows: n predicted, m failed -> OUT") and returns the counts."""
+    blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
+    print(
+        f"{counts['rows']} rows: {counts[done]} {done}, {counts['errors']} failed{blank} -> {output}", file=sys.stderr
+    )
+    return counts
+
+
 def run_predict(parser, args):
     top_k = None if args.all_scores else 1
     if args.input:
@@ -442,13 +451,7 @@ def run_predict(parser, args):
             parser.error(f"--output {args.output} is the input file: choose another path")
         classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
         counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k, args.timeout)
-        blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
-        print(
-            f"{counts['rows']} rows: {counts['predicted']} predicted, {counts['errors']} failed{blank} "
-            f"-> {args.output}",
-            file=sys.stderr,
-        )
-        return counts
+        return report_counts(counts, "predicted", args.output)
     if args.text is not None:
         check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates
     classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
@@ -468,13 +471,7 @@ def run_explain(parser, args):
         counts = explain_file(
             model, processor, args.input, args.output, args.format, args.target, args.steps, args.timeout
         )
-        blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
-        print(
-            f"{counts['rows']} rows: {counts['explained']} explained, {counts['errors']} failed{blank} "
-            f"-> {args.output}",
-            file=sys.stderr,
-        )
-        return counts
+        return report_counts(counts, "explained", args.output)
     if args.output.suffix not in (".html", ".png", ".json"):
         parser.error(f"--output {args.output}: the file name must end in .html, .png or .json")
     if args.text is not None:

@@ -141,7 +141,8 @@ class Explanation:
         image_axis.axis("off")
         if overlay is not None:
             image_axis.imshow(overlay)
-            image_axis.set_title("image: Grad-CAM")
+            method = self.methods.get("heatmap", "")
+            image_axis.set_title("image: " + ("Grad-CAM" if "Grad-CAM" in method else "integrated gradients"))
         names = list(self.probabilities)
         bar_axis.barh(names, [self.probabilities[name] for name in names], color="#4a7")
         bar_axis.set_xlim(0, 1)

@@ -72,19 +72,26 @@ class MultimodalSentimentPipeline(Pipeline):
         return results if top_k is None else results[:top_k]
 
 
-def save_for_pipeline(model, processor, save_directory) -> None:
-    """Saves `model` and `processor` to `save_directory` as a folder the `multimodal-sentiment` pipeline loads, also
-    without `mmsa` installed (`trust_remote_code=True`): through `Pipeline.save_pretrained`, which copies this file
-    beside the model code and records the task in the config's `custom_pipelines` (the pipeline registry's save
-    path). The model is readied for inference in place (`optimize_for_inference`), so call this last."""
+def multimodal_sentiment_pipeline(model, processor, **kwargs):
+    """`pipeline("multimodal-sentiment", ...)` for a loaded model and processor (its tokenizer and image processor
+    passed along, as the pipeline factory wants them); `kwargs` go to `transformers.pipeline`."""
     from transformers import pipeline
 
-    classifier = pipeline(
+    return pipeline(
         "multimodal-sentiment",
         model=model,
         processor=processor,
         tokenizer=processor.tokenizer,
         image_processor=processor.image_processor,
+        **kwargs,
     )
+
+
+def save_for_pipeline(model, processor, save_directory) -> None:
+    """Saves `model` and `processor` to `save_directory` as a folder the `multimodal-sentiment` pipeline loads, also
+    without `mmsa` installed (`trust_remote_code=True`): through `Pipeline.save_pretrained`, which copies this file
+    beside the model code and records the task in the config's `custom_pipelines` (the pipeline registry's save
+    path). The model is readied for inference in place (`optimize_for_inference`), so call this last."""
+    classifier = multimodal_sentiment_pipeline(model, processor)
     classifier.save_pretrained(save_directory)
     processor.save_pretrained(save_directory)

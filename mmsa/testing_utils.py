@@ -231,3 +231,48 @@ TRAIN_ONLY_FLAGS = ["--eval_strategy", "no", "--save_strategy", "no", "--load_be
                     "--early_stopping_patience", "0", "--disable_tqdm", "true"]  # fmt: skip
 """`train_hf.py` flags for a run that only trains (no per-epoch evaluation or checkpoints), for tests and benchmarks
 that time or inspect training steps."""
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""Flags for Debian's chromium under Playwright (`executable_path="/usr/bin/chromium"`) on a machine without a
+display or network."""
+
+
+def launch_app(model, log_path, steps: int = 16, wait_seconds: float = 180.0):
+    """Starts `app.py --model MODEL` on a free local port; returns `(process, url)` once it answers (the caller
+    terminates the process). Raises RuntimeError with the end of the app's log if it exits or does not answer."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(log_path, "w")
+    command = [sys.executable, str(root / "app.py"), "--model", str(model), "--server_port", str(port)]
+    process = subprocess.Popen(command + ["--steps", str(steps)], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.close()
+            raise RuntimeError(f"app.py exited: {Path(log_path).read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    log.close()
+    raise RuntimeError(f"app.py did not answer within {wait_seconds:.0f} s")

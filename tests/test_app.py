@@ -2,66 +2,31 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mmsa.testing_utils import CHROMIUM_ARGS, launch_app
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("MMSA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def app_url(tiny_run):
     pytest.importorskip("gradio")
-    port = free_port()
-    log = open(tiny_run.parent / "app.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--model", str(tiny_run), "--server_port", str(port), "--steps", "4"],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
+    process, url = launch_app(tiny_run, tiny_run.parent / "app.log", steps=4)
     try:
-        for _ in range(240):
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited: {(tiny_run.parent / 'app.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("app.py did not answer within 120 s")
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
