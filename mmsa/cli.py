@@ -5,6 +5,7 @@
     mmsa evaluate --model M --dataset D [--split test] [--output_dir DIR]
     mmsa explain --model M --text T --image I --output why.html|why.png|why.json [--target LABEL]
     mmsa explain --model M --input posts.jsonl --output DIR [--format html|png]
+    mmsa export-onnx --model M --output DIR [--quantize int8] [--opset 18]
 
 `predict` and `evaluate` take `--device`, `--dtype bfloat16` (faster on CPUs with AVX512-BF16/AMX and on recent GPUs) and `--compile`
 (compiles the image tower: a compilation on the first batch, then faster batches; for batch jobs).
@@ -407,6 +408,13 @@ def run(argv=None):
     explainer.add_argument("--target", default=None, help="label to explain (default: the predicted one)")
     explainer.add_argument("--steps", type=positive_int, default=16, help="integrated-gradients steps")
     explainer.add_argument("--timeout", type=positive_float, default=DEFAULT_IMAGE_TIMEOUT)
+    exporter = commands.add_parser(
+        "export-onnx", help="export a model folder to ONNX (one graph), optionally with a dynamic-int8 variant"
+    )
+    exporter.add_argument("--model", required=True, help="saved model folder or Hub id")
+    exporter.add_argument("--output", type=Path, required=True, help="folder to write")
+    exporter.add_argument("--quantize", choices=("int8",), default=None, help="also write model_int8.onnx")
+    exporter.add_argument("--opset", type=positive_int, default=18)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -415,6 +423,12 @@ def run(argv=None):
             return run_predict(parser, args)
         if args.command == "explain":
             return run_explain(parser, args)
+        if args.command == "export-onnx":
+            from .onnx import export_onnx
+
+            folder = export_onnx(args.model, args.output, quantize=args.quantize, opset=args.opset)
+            print(f"-> {folder}", file=sys.stderr)
+            return folder
         metrics = evaluate_model(
             args.model,
             args.dataset,

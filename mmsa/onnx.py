@@ -1,0 +1,171 @@
+"""ONNX export of an MMSA model, with an optional dynamic-int8 variant, and an ONNX Runtime model that runs it.
+
+```python
+from mmsa.onnx import MmsaOnnxModel, export_onnx
+
+export_onnx("runs/offline_minilm_effnet", "onnx/", quantize="int8")
+model = MmsaOnnxModel.from_pretrained("onnx/", variant="int8")
+logits = model(**processor(text=[...], images=[...]))        # numpy (batch, num_labels)
+```
+
+The export is one graph (text tower, image tower and fusion: `input_ids`, `attention_mask`, [`token_type_ids`],
+`pixel_values` in, `logits` out), made by `torch.onnx.export(..., dynamo=True)` (the `torch.export` exporter):
+the legacy TorchScript exporter traces `nn.MultiheadAttention`'s reshapes with the example's batch size baked in,
+so its graphs fail on other batch sizes, and Optimum would need a custom ONNX config for this architecture. Batch
+size and text length are dynamic; the image size is the processor's (fixed by its centre crop). One graph keeps
+the runtime a single call; the feature cache is a training-time device and does not apply to serving.
+
+`quantize="int8"` adds `model_int8.onnx`: ONNX Runtime dynamic quantisation (int8 weights of the matrix
+multiplications, activations quantised on the fly; no calibration data needed). The output folder also holds the
+processor files, `config.json` and `onnx_manifest.json` (inputs, outputs, dtypes, dynamic axes, opset, files).
+"""
+
+import json
+from pathlib import Path
+
+
+MANIFEST = "onnx_manifest.json"
+FILES = {"float32": "model.onnx", "int8": "model_int8.onnx"}
+
+
+def onnx_input_names(config, tokenizer) -> list[str]:
+    """The graph's inputs for a model config and its tokenizer, in order."""
+    names = []
+    if config.uses_text:
+        names += [
+            name for name in ("input_ids", "attention_mask", "token_type_ids") if name in tokenizer.model_input_names
+        ]
+    if config.uses_vision:
+        names.append("pixel_values")
+    return names
+
+
+def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18, processor=None) -> Path:
+    """Exports `model` (a folder, a Hub id or an `MmsaForSequenceClassification`; give `processor` with an object)
+    to `output_dir`; returns the folder. Raises ValueError naming the fusion and the operator if the export fails."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForSequenceClassification, AutoProcessor
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}.")
+    if isinstance(model, (str, Path)):
+        processor = processor or AutoProcessor.from_pretrained(model)
+        model = AutoModelForSequenceClassification.from_pretrained(model)
+    elif processor is None:
+        raise ValueError("export_onnx needs the processor along with a model object.")
+    model = model.eval().float()
+    config = model.config
+    names = onnx_input_names(config, processor.tokenizer)
+    example = processor(
+        text=["an example post", "another, somewhat longer example post"] if config.uses_text else None,
+        images=[Image.new("RGB", (64, 48), (200, 120, 40))] * 2 if config.uses_vision else None,
+    )
+    example = {name: example[name] for name in names}
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                pixel_values=pixel_values,
+            ).logits
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sequence = torch.export.Dim(
+        "sequence", min=1, max=config.text_config.max_position_embeddings if config.uses_text else 2
+    )
+    dynamic = {name: ({0: batch, 1: sequence} if name != "pixel_values" else {0: batch}) for name in names}
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        program = torch.onnx.export(
+            Logits(model),
+            (),
+            kwargs=example,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as error:  # the exporter's message names the operator it could not convert
+        raise ValueError(
+            f"fusion {config.fusion!r} cannot be exported to ONNX: {type(error).__name__}: {error}"
+        ) from error
+    program.save(str(output_dir / FILES["float32"]))
+    files = {"float32": FILES["float32"]}
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(output_dir / FILES["float32"], output_dir / FILES["int8"], weight_type=QuantType.QInt8)
+        files["int8"] = FILES["int8"]
+    config.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    manifest = {
+        "inputs": [
+            {
+                "name": name,
+                "dtype": str(example[name].dtype).replace("torch.", ""),
+                "shape": ["batch", "sequence"] if name != "pixel_values" else ["batch", *example[name].shape[1:]],
+            }
+            for name in names
+        ],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", config.num_labels]}],
+        "dynamic_axes": {"batch": "every input's first axis", "sequence": "the text inputs' second axis"},
+        "opset": opset,
+        "files": files,
+        "fusion": config.fusion,
+        "id2label": {str(k): v for k, v in config.id2label.items()},
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "quantization": "onnxruntime dynamic int8 (QInt8 weights)" if quantize else None,
+    }
+    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return output_dir
+
+
+class MmsaOnnxModel:
+    """An exported folder under ONNX Runtime: `model(**inputs)` takes the processor's outputs (tensors or numpy
+    arrays) and returns numpy logits. `variant`: "float32" or "int8"."""
+
+    def __init__(self, folder, variant: str = "float32", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            raise ValueError(f"{self.folder} is not an ONNX export of mmsa: no {MANIFEST}")
+        self.manifest = json.loads(manifest_path.read_text())
+        if variant not in self.manifest["files"]:
+            raise ValueError(f"{self.folder} has no {variant!r} model (it has: {', '.join(self.manifest['files'])}).")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.folder / self.manifest["files"][variant]), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [item["name"] for item in self.manifest["inputs"]]
+        self.id2label = {int(k): v for k, v in self.manifest["id2label"].items()}
+        self.variant = variant
+
+    @classmethod
+    def from_pretrained(cls, folder, variant: str = "float32", threads: int | None = None):
+        return cls(folder, variant=variant, threads=threads)
+
+    def __call__(self, **inputs):
+        feed = {}
+        for name in self.input_names:
+            if name not in inputs:
+                raise ValueError(f"the ONNX model needs {name!r}")
+            value = inputs[name]
+            feed[name] = value.numpy() if hasattr(value, "numpy") else value
+        return self.session.run(["logits"], feed)[0]
+
+
+__all__ = ["MmsaOnnxModel", "export_onnx", "onnx_input_names"]
