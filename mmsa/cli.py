@@ -72,12 +72,22 @@ def load_classifier(
     trust_remote_code: bool = False,
     dtype: str | None = None,
     torch_compile: bool = False,
+    backend: str = "torch",
+    onnx_variant: str = "float32",
 ):
     """The `multimodal-sentiment` pipeline for a folder or Hub id (in-library classes; remote code only if asked).
 
     `dtype` ("float32", "bfloat16", "float16"; default: float32) is the precision the model is loaded in;
     `torch_compile` compiles the image tower (see `MmsaPreTrainedModel.optimize_for_inference`).
+    `backend="onnx"`: `model` is a folder written by `mmsa export-onnx`, run by ONNX Runtime (`onnx_variant`
+    "float32" or "int8") behind the same interface.
     """
+    if backend == "onnx":
+        from .onnx import OnnxSentimentClassifier
+
+        if not Path(model, "onnx_manifest.json").is_file():
+            raise ValueError(f"{model} is not an ONNX export (no onnx_manifest.json): make one with mmsa export-onnx")
+        return OnnxSentimentClassifier(model, variant=onnx_variant)
     from transformers import AutoProcessor
 
     from .pipeline_mmsa import MultimodalSentimentPipeline, multimodal_sentiment_pipeline
@@ -303,6 +313,8 @@ def evaluate_model(
     device: str | None = None,
     dtype: str | None = None,
     torch_compile: bool = False,
+    backend: str = "torch",
+    onnx_variant: str = "float32",
 ) -> dict:
     """Metrics of a model on a dataset split (raw MVSA folder, saved folder or Hub id). Predictions and references
     are compared by label name, so the model's label order need not be the dataset's; a model whose label set
@@ -322,7 +334,9 @@ def evaluate_model(
         raise ValueError(f"{dataset} has no split {split!r}; its splits are {', '.join(splits)}")
     data = splits[split]
     names = data.features["label"].names
-    classifier = load_classifier(model, device=device, dtype=dtype, torch_compile=torch_compile)
+    classifier = load_classifier(
+        model, device=device, dtype=dtype, torch_compile=torch_compile, backend=backend, onnx_variant=onnx_variant
+    )
     model_labels = set(classifier.model.config.id2label.values())
     if model_labels != set(names):
         raise ValueError(f"the model's labels {sorted(model_labels)} are not the dataset's {sorted(names)}")
@@ -369,7 +383,13 @@ def run(argv=None):
     )
     commands = parser.add_subparsers(dest="command", required=True)
     inference = argparse.ArgumentParser(add_help=False)
-    inference.add_argument("--model", required=True, help="saved model folder or Hub id")
+    inference.add_argument(
+        "--model", required=True, help="saved model folder or Hub id (an ONNX export: --backend onnx)"
+    )
+    inference.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="PyTorch, or ONNX Runtime")
+    inference.add_argument(
+        "--onnx_variant", choices=("float32", "int8"), default="float32", help="which model of an ONNX export"
+    )
     inference.add_argument("--batch_size", type=positive_int, default=32)
     inference.add_argument("--device", default=None)
     inference.add_argument("--dtype", choices=DTYPES, default="float32", help="precision the model runs in")
@@ -438,6 +458,8 @@ def run(argv=None):
             args.device,
             args.dtype,
             args.compile,
+            args.backend,
+            args.onnx_variant,
         )
     except ValueError as error:  # a problem with what was asked: the message says what, no traceback
         parser.exit(2, f"mmsa {args.command}: error: {error}\n")
@@ -463,12 +485,19 @@ def run_predict(parser, args):
             parser.error(f"--input {args.input} is not a file")
         if same_file(args.input, args.output):
             parser.error(f"--output {args.output} is the input file: choose another path")
-        classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
+    elif args.text is not None:
+        check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates
+    classifier = load_classifier(
+        args.model,
+        args.device,
+        dtype=args.dtype,
+        torch_compile=args.compile,
+        backend=args.backend,
+        onnx_variant=args.onnx_variant,
+    )
+    if args.input:
         counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k, args.timeout)
         return report_counts(counts, "predicted", args.output)
-    if args.text is not None:
-        check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates
-    classifier = load_classifier(args.model, device=args.device, dtype=args.dtype, torch_compile=args.compile)
     post = read_post({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout)
     result = classifier(post, top_k=top_k)
     print(json.dumps(result, ensure_ascii=False))

@@ -151,6 +151,9 @@ class MmsaOnnxModel:
             str(self.folder / self.manifest["files"][variant]), options, providers=["CPUExecutionProvider"]
         )
         self.input_names = [item["name"] for item in self.manifest["inputs"]]
+        from .configuration_mmsa import MmsaConfig
+
+        self.config = MmsaConfig.from_pretrained(self.folder)
         self.id2label = {int(k): v for k, v in self.manifest["id2label"].items()}
         self.variant = variant
 
@@ -168,4 +171,39 @@ class MmsaOnnxModel:
         return self.session.run(["logits"], feed)[0]
 
 
-__all__ = ["MmsaOnnxModel", "export_onnx", "onnx_input_names"]
+class OnnxSentimentClassifier:
+    """The `multimodal-sentiment` pipeline's interface over an exported folder: `classifier(post_or_posts,
+    batch_size=32, top_k=1)` with posts `{"text": ..., "image": ...}` (images as the processor takes them) gives the
+    same records as the PyTorch pipeline (`[{"label", "score"}, ...]` per post, best first)."""
+
+    def __init__(self, folder, variant: str = "float32", threads: int | None = None):
+        from transformers import AutoProcessor
+
+        self.model = MmsaOnnxModel(folder, variant=variant, threads=threads)
+        self.processor = AutoProcessor.from_pretrained(folder)
+
+    def __call__(self, posts, batch_size: int = 32, top_k=1):
+        import numpy as np
+
+        single = isinstance(posts, dict)
+        posts = [posts] if single else list(posts)
+        config = self.model.config
+        results = []
+        for start in range(0, len(posts), batch_size):
+            batch = posts[start : start + batch_size]
+            inputs = self.processor(
+                text=[post["text"] for post in batch] if config.uses_text else None,
+                images=[post["image"] for post in batch] if config.uses_vision else None,
+            )
+            logits = self.model(**inputs).astype(np.float64)
+            probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probabilities /= probabilities.sum(axis=-1, keepdims=True)
+            for row in probabilities:
+                ranked = [
+                    {"label": config.id2label[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")
+                ]
+                results.append(ranked if top_k is None else ranked[:top_k])
+        return results[0] if single else results
+
+
+__all__ = ["MmsaOnnxModel", "OnnxSentimentClassifier", "export_onnx", "onnx_input_names"]

@@ -95,3 +95,42 @@ def test_cli_export_onnx(tiny_run, tmp_path):
     with torch.no_grad():
         expected = model(**inputs).logits.numpy()
     np.testing.assert_allclose(MmsaOnnxModel.from_pretrained(folder)(**inputs), expected, atol=1e-4, rtol=0)
+
+
+def test_predict_and_evaluate_with_the_onnx_backend(tiny_run, tmp_path):
+    """`--backend onnx` gives the PyTorch pipeline's records, row for row (float32), and its metrics."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = cli.run(["export-onnx", "--model", str(tiny_run), "--output", str(tmp_path / "onnx")])
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(image)
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        "".join(
+            json.dumps({"id": i, "text": text, "image": "photo.png"}) + "\n" for i, text in enumerate(TEXTS + [""])
+        )
+    )
+    outputs = {}
+    for backend, model in (("torch", tiny_run), ("onnx", folder)):
+        out = tmp_path / f"{backend}.jsonl"
+        counts = cli.run(
+            ["predict", "--model", str(model), "--backend", backend, "--input", str(posts), "--output", str(out),
+             "--all_scores"]
+        )  # fmt: skip
+        assert counts["predicted"] == 5 and counts["errors"] == 1
+        outputs[backend] = [json.loads(line) for line in out.read_text().splitlines()]
+    for torch_row, onnx_row in zip(outputs["torch"], outputs["onnx"]):
+        assert torch_row.keys() == onnx_row.keys() and torch_row.get("error") == onnx_row.get("error")
+        for a, b in zip(torch_row.get("scores", []), onnx_row.get("scores", [])):
+            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+    single = cli.run(["predict", "--model", str(folder), "--backend", "onnx", "--text", "i love this", "--image",
+                      str(image)])  # fmt: skip
+    assert single[0]["label"] in {"negative", "neutral", "positive"}
+    dataset = json.loads((tiny_run / "run_info.json").read_text())["dataset"]
+    metrics = {
+        backend: cli.run(["evaluate", "--model", str(model), "--dataset", dataset, "--backend", backend])
+        for backend, model in (("torch", tiny_run), ("onnx", folder))
+    }
+    assert metrics["onnx"] == pytest.approx(metrics["torch"])
+    with pytest.raises(SystemExit):
+        cli.run(["predict", "--model", str(tiny_run), "--backend", "onnx", "--text", "hi", "--image", str(image)])
