@@ -114,7 +114,7 @@ def check_text(text) -> str:
     return check_unicode(text, "'text'")
 
 
-def read_post(row: dict, base: Path, config, timeout: float = DEFAULT_IMAGE_TIMEOUT) -> dict:
+def read_post(row: dict, base: Path, config, timeout: float = DEFAULT_IMAGE_TIMEOUT, draft: int | None = None) -> dict:
     """Validates one input row and loads its image; raises ValueError with what is wrong."""
     if not isinstance(row, dict):
         raise ValueError(f"a row must be a JSON object with 'text' and 'image', got {type(row).__name__}")
@@ -131,7 +131,7 @@ def read_post(row: dict, base: Path, config, timeout: float = DEFAULT_IMAGE_TIME
             raise ValueError(f"'image' must be a file path or URL string, got {type(image).__name__}")
         location = image if is_url(image) else str(base / image)
         try:
-            post["image"] = load_rgb_image(location, timeout=timeout)
+            post["image"] = load_rgb_image(location, timeout=timeout, draft=draft)
         except FileNotFoundError:
             raise ValueError(f"image file {location} does not exist") from None
         except Exception as error:  # truncated or undecodable image, HTTP error, time-out, unreadable file
@@ -210,6 +210,7 @@ def predict_file(
         raise ValueError(f"--output {output_path} is the input file: choose another path")
     rows, blank = read_rows(input_path)
     config = classifier.model.config
+    draft = getattr(classifier.image_processor, "draft_size", None)
     counts = {"rows": len(rows), "predicted": 0, "errors": 0, "blank_lines": blank}
     with (
         atomic_output(output_path) as out,
@@ -225,7 +226,7 @@ def predict_file(
             if isinstance(row, dict):
                 record["id"] = row.get("id")
             try:
-                return record, read_post(row, input_path.parent, config, timeout), None
+                return record, read_post(row, input_path.parent, config, timeout, draft), None
             except ValueError as error:
                 return record, None, str(error)
 
@@ -395,6 +396,9 @@ def run(argv=None):
     inference.add_argument("--dtype", choices=DTYPES, default="float32", help="precision the model runs in")
     inference.add_argument("--compile", action="store_true", help="torch.compile the image tower")
     inference.add_argument(
+        "--fast_decode", action="store_true", help="decode JPEG files at a reduced scale (PIL draft mode)"
+    )
+    inference.add_argument(
         "--timeout",
         type=positive_float,
         default=DEFAULT_IMAGE_TIMEOUT,
@@ -495,10 +499,14 @@ def run_predict(parser, args):
         backend=args.backend,
         onnx_variant=args.onnx_variant,
     )
+    classifier.image_processor.fast_decode = args.fast_decode
     if args.input:
         counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k, args.timeout)
         return report_counts(counts, "predicted", args.output)
-    post = read_post({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout)
+    draft = getattr(classifier.image_processor, "draft_size", None)
+    post = read_post(
+        {"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout, draft
+    )
     result = classifier(post, top_k=top_k)
     print(json.dumps(result, ensure_ascii=False))
     return result

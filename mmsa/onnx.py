@@ -181,6 +181,7 @@ class OnnxSentimentClassifier:
 
         self.model = MmsaOnnxModel(folder, variant=variant, threads=threads)
         self.processor = AutoProcessor.from_pretrained(folder)
+        self.image_processor = self.processor.image_processor
 
     def __call__(self, posts, batch_size: int = 32, top_k=1):
         import numpy as np

@@ -57,7 +57,9 @@ class MultimodalSentimentPipeline(Pipeline):
             raise ValueError(f"fusion={config.fusion!r} needs an 'image'.")
         encoded = self.processor(
             text=text if config.uses_text else None,
-            images=load_rgb_image(image, timeout=timeout) if config.uses_vision else None,
+            images=load_rgb_image(image, timeout=timeout, draft=getattr(self.image_processor, "draft_size", None))
+            if config.uses_vision
+            else None,
         )
         return dict(encoded)
 

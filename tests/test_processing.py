@@ -186,3 +186,27 @@ def test_every_route_gives_the_same_pixels(kind, tmp_path, tiny_run):
     if kind == "exif_jpeg":
         upright = load_rgb_image(path)
         assert upright.size == (46, 30)  # stored 30 wide and 46 high; shown upright after the EXIF rotation
+
+
+def test_fast_decode_reads_jpegs_at_a_reduced_scale(tmp_path):
+    """JPEG draft mode: decoded at 1/2-1/8 scale but never below the transform's resize, so the pixels stay close to
+    a full decode; other formats and PIL images are untouched; the setting is saved with the processor."""
+    _, processor = tiny_model_and_processor()
+    y, x = np.mgrid[0:900, 0:1200]
+    smooth = np.stack([x / 1200 * 255, y / 900 * 255, (x + y) / 2100 * 255], axis=-1).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(smooth).save(tmp_path / "big.png")
+    image_processor = processor.image_processor
+    full = image_processor(str(tmp_path / "big.jpg"))["pixel_values"]
+    image_processor.fast_decode = True
+    assert image_processor.draft_size == 64  # tiny tower: 64 px input, crop_pct 1.0
+    assert load_rgb_image(str(tmp_path / "big.jpg"), draft=image_processor.draft_size).size == (150, 113)  # 1/8
+    fast = image_processor(str(tmp_path / "big.jpg"))["pixel_values"]
+    assert not torch.equal(fast, full) and (fast - full).abs().mean() < 0.05  # about 1 grey level in 255
+    png = str(tmp_path / "big.png")
+    image_processor.fast_decode = False
+    reference = image_processor(png)["pixel_values"]
+    image_processor.fast_decode = True
+    assert torch.equal(image_processor(png)["pixel_values"], reference)
+    image_processor.save_pretrained(tmp_path / "saved")
+    assert MmsaImageProcessor.from_pretrained(tmp_path / "saved").fast_decode is True
