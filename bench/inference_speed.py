@@ -6,10 +6,15 @@ Side by side, each setting in a fresh process (so that its peak RSS is its own):
 
 - `float32, plain`: the model as loaded, default memory format (the baseline);
 - `float32`: what the `multimodal-sentiment` pipeline runs by default (image tower in channels-last format);
-- `bfloat16`: the same, loaded with `dtype=torch.bfloat16`;
+- `float32, fast decode`: the same with `MmsaImageProcessor(fast_decode=True)` (JPEG draft mode);
+- `onnx float32` / `onnx int8` (each also with fast decode): the model exported by `mmsa.onnx.export_onnx` (one
+  graph; int8 by ONNX Runtime dynamic quantisation) under ONNX Runtime, the pipeline column through
+  `OnnxSentimentClassifier` (`mmsa predict --backend onnx`);
+- `bfloat16`: the pipeline default loaded with `dtype=torch.bfloat16`;
 - `bfloat16, compiled`: plus `torch_compile=True` (the image tower compiled, static shapes, inductor freezing).
 
-For each: a direct processor + model call and the pipeline over the same posts (after one warm-up pass, which for
+bfloat16 settings are skipped on CPUs without AVX512-BF16/AMX (`--all_settings` runs them). For each: a direct
+processor + model call and the pipeline over the same posts (after one warm-up pass, which for
 the compiled setting includes the compilation and is reported separately), peak RSS, and how many predictions
 agree with the baseline's. Posts are the MVSA-Single test split when MVSA_SINGLE_DIR is set (JPEG bytes, decoded as
 part of the timing; accuracy is reported too), else generated photos. Without --model, a model is built from
@@ -48,6 +53,27 @@ SETTINGS = {
         "optimize": True,
         "compile": False,
         "description": "float32, channels-last (pipeline default)",
+    },
+    "float32, fast decode": {
+        "dtype": "float32",
+        "optimize": True,
+        "compile": False,
+        "fast_decode": True,
+        "description": "float32, channels-last, fast JPEG decode",
+    },
+    "onnx float32": {"backend": "onnx", "variant": "float32", "description": "ONNX Runtime float32"},
+    "onnx float32, fast decode": {
+        "backend": "onnx",
+        "variant": "float32",
+        "fast_decode": True,
+        "description": "ONNX Runtime float32, fast JPEG decode",
+    },
+    "onnx int8": {"backend": "onnx", "variant": "int8", "description": "ONNX Runtime dynamic int8"},
+    "onnx int8, fast decode": {
+        "backend": "onnx",
+        "variant": "int8",
+        "fast_decode": True,
+        "description": "ONNX Runtime dynamic int8, fast JPEG decode",
     },
     "bfloat16": {"dtype": "bfloat16", "optimize": True, "compile": False, "description": "bfloat16"},
     "bfloat16, compiled": {
@@ -127,34 +153,31 @@ def build_default_model(model_dir: Path):
 
 
 def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> dict:
-    """One setting, in this process: direct and pipeline throughput, predictions and peak RSS."""
+    """One setting, in this process: direct and pipeline throughput, predictions and peak RSS. Images are given as
+    JPEG bytes, so decoding is part of the timing."""
+    with open(posts_file, "rb") as file:
+        posts = pickle.load(file)  # written by main() of this script, in its own scratch folder
+    if setting.get("backend") == "onnx":
+        return measure_onnx(model_dir, posts, setting, batch_size)
 
     from mmsa import MmsaForSequenceClassification, MmsaProcessor
     from mmsa.pipeline_mmsa import MultimodalSentimentPipeline, multimodal_sentiment_pipeline
 
     torch.set_grad_enabled(False)
-    with open(posts_file, "rb") as file:
-        posts = pickle.load(file)
     model = MmsaForSequenceClassification.from_pretrained(model_dir, dtype=getattr(torch, setting["dtype"])).eval()
     processor = MmsaProcessor.from_pretrained(model_dir)
+    processor.image_processor.fast_decode = setting.get("fast_decode", False)
     if setting["optimize"]:
         model.optimize_for_inference(compile_vision=setting["compile"])
-    result = {"rss_after_load_mb": peak_rss_mb()}
+    result = {"rss_after_load_mb": peak_rss_mb(), "model_mb": folder_mb(model_dir, "model.safetensors")}
 
     def direct():
         predictions = []
         for start in range(0, len(posts), batch_size):
             chunk = posts[start : start + batch_size]
-            batch = processor(
-                text=[p["text"] for p in chunk], images=[Image.open(io.BytesIO(p["image"])) for p in chunk]
-            )
+            batch = processor(text=[p["text"] for p in chunk], images=[p["image"] for p in chunk])
             predictions += model(**batch).logits.argmax(-1).tolist()
         return predictions
-
-    def timed(function):
-        start = time.perf_counter()
-        output = function()
-        return output, time.perf_counter() - start
 
     _, result["warmup_seconds"] = timed(direct)
     result["predictions"], seconds = timed(direct)
@@ -167,19 +190,56 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
             pipeline_class=MultimodalSentimentPipeline,
             torch_compile=setting["compile"],
         )
-
-        def through_pipeline():
-            outputs = classifier(
-                ({"text": p["text"], "image": Image.open(io.BytesIO(p["image"]))} for p in posts),
-                batch_size=batch_size,
-            )
-            return [model.config.label2id[output[0]["label"]] for output in outputs]
-
-        pipeline_predictions, seconds = timed(through_pipeline)
-        result["pipeline_posts_per_s"] = len(posts) / seconds
-        result["pipeline_matches_direct"] = pipeline_predictions == result["predictions"]
+        through_pipeline(classifier, posts, batch_size, model.config, result)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def measure_onnx(onnx_dir: str, posts: list, setting: dict, batch_size: int) -> dict:
+    """An ONNX export under ONNX Runtime: the model call on processor outputs, and `OnnxSentimentClassifier`, the
+    pipeline's interface (`mmsa predict --backend onnx`)."""
+    from mmsa.onnx import FILES, OnnxSentimentClassifier
+
+    classifier = OnnxSentimentClassifier(onnx_dir, variant=setting["variant"])
+    classifier.image_processor.fast_decode = setting.get("fast_decode", False)
+    result = {"rss_after_load_mb": peak_rss_mb(), "model_mb": folder_mb(onnx_dir, FILES[setting["variant"]])}
+
+    def direct():
+        predictions = []
+        for start in range(0, len(posts), batch_size):
+            chunk = posts[start : start + batch_size]
+            batch = classifier.processor(text=[p["text"] for p in chunk], images=[p["image"] for p in chunk])
+            predictions += classifier.model(**batch).argmax(-1).tolist()
+        return predictions
+
+    _, result["warmup_seconds"] = timed(direct)
+    result["predictions"], seconds = timed(direct)
+    result["direct_posts_per_s"] = len(posts) / seconds
+    through_pipeline(classifier, posts, batch_size, classifier.model.config, result)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def timed(function):
+    start = time.perf_counter()
+    output = function()
+    return output, time.perf_counter() - start
+
+
+def through_pipeline(classifier, posts, batch_size, config, result):
+    """Times `classifier` over the posts (images as JPEG bytes) and records its rate and agreement with direct."""
+
+    def run():
+        outputs = classifier([{"text": p["text"], "image": p["image"]} for p in posts], batch_size=batch_size)
+        return [config.label2id[output[0]["label"]] for output in outputs]
+
+    predictions, seconds = timed(run)
+    result["pipeline_posts_per_s"] = len(posts) / seconds
+    result["pipeline_matches_direct"] = predictions == result["predictions"]
+
+
+def folder_mb(folder: str, name: str) -> float:
+    return round((Path(folder) / name).stat().st_size / 2**20, 1)
 
 
 def main():
@@ -212,9 +272,15 @@ def main():
             f"model {args.model or 'from backbones/'}",
             flush=True,
         )
+        onnx_dir = str(Path(scratch) / "onnx")
+        if any(setting.get("backend") == "onnx" for setting in SETTINGS.values()):
+            from mmsa.onnx import export_onnx
+
+            export_onnx(model_dir, onnx_dir, quantize="int8")
+            print(f"  exported to ONNX (float32 + int8) in {onnx_dir}", flush=True)
         results = {}
         for name in SETTINGS:
-            if SETTINGS[name]["dtype"] == "bfloat16" and not (cpu_bf16_support() or args.all_settings):
+            if SETTINGS[name].get("dtype") == "bfloat16" and not (cpu_bf16_support() or args.all_settings):
                 results[name] = {"skipped": "no AVX512-BF16/AMX on this CPU (bfloat16 would be emulated)"}
                 print(f"  skipped {name}: {results[name]['skipped']}", flush=True)
                 continue
@@ -225,7 +291,7 @@ def main():
                     "--batch_size",
                     str(args.batch_size),
                     "--worker",
-                    model_dir,
+                    onnx_dir if SETTINGS[name].get("backend") == "onnx" else model_dir,
                     posts_file,
                     name,
                 ],

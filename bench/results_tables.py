@@ -146,22 +146,23 @@ def sweep_markdown(fusion: str) -> str:
 def inference_markdown() -> str:
     data = json.loads((RESULTS / "inference_speed.json").read_text())
     lines = [
-        "| setting | direct processor + model call | pipeline | peak RSS | predictions equal to float32 "
+        "| setting | direct processor + model call | pipeline | peak RSS | model file | predictions equal to float32 "
         "| test accuracy |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, result in data["results"].items():
         if "skipped" in result:
             description = data["settings"][name].get("description", name)
-            lines.append(f"| {description} | not measured: {result['skipped']} | | | | |")
+            lines.append(f"| {description} | not measured: {result['skipped']} | | | | | |")
             continue
         pipeline = f"{result['pipeline_posts_per_s']:.1f}" if "pipeline_posts_per_s" in result else "-"
+        model_size = f"{result['model_mb']:.0f} MB" if "model_mb" in result else "-"
         agreement = (
             "(baseline)" if name == next(iter(data["results"])) else f"{100 * result['agreement_with_baseline']:.1f}%"
         )
         lines.append(
             f"| {data['settings'][name].get('description', name)} | {result['direct_posts_per_s']:.1f} | "
-            f"{pipeline} | {result['peak_rss_mb']:.0f} MB | {agreement} | {100 * result['accuracy']:.2f} |"
+            f"{pipeline} | {result['peak_rss_mb']:.0f} MB | {model_size} | {agreement} | {100 * result['accuracy']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
