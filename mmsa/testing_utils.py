@@ -173,8 +173,13 @@ def behaviour_probe(seed: int = 0) -> dict:
 
 
 def parameter_order(model) -> list[int]:
-    """The shapes of `model.parameters()` in iteration order, flattened as `[ndim, *shape, ndim, *shape, ...]`."""
-    return [size for parameter in model.parameters() for size in (parameter.dim(), *parameter.shape)]
+    """A digest of the shapes of `model.parameters()` in iteration order: `[n]`, n the first 48 bits of the SHA-256
+    of the JSON list of shapes (one number, so that it compares like the probe's other entries)."""
+    import hashlib
+    import json
+
+    shapes = json.dumps([list(parameter.shape) for parameter in model.parameters()])
+    return [int(hashlib.sha256(shapes.encode()).hexdigest()[:12], 16)]
 
 
 def probe_keys(fusion: str) -> list[str]:
