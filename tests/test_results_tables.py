@@ -72,3 +72,10 @@ def test_parameter_order_sees_registration_order():
     again.norm, again.proj = torch.nn.LayerNorm(8), torch.nn.Linear(8, 4)
     assert parameter_order(first) == parameter_order(again) != parameter_order(second)
     assert len(parameter_order(first)) == 1 and 0 < parameter_order(first)[0] < 2**48
+
+
+def test_the_main_job_trains_the_fusion_selected_on_validation():
+    import yaml
+
+    config = yaml.safe_load((results_tables.ROOT / "configs" / "offline_minilm_effnet.yaml").read_text())
+    assert config["fusion"] == results_tables.selected_fusion(results_tables.paper_summary())
