@@ -1,17 +1,20 @@
-"""On-disk cache of frozen towers' outputs.
+"""On-disk cache of frozen towers' outputs, per post.
 
-A frozen tower's output for a post never changes, so it is computed once and reused in every epoch and every run.
-One cache file holds one dataset split's features from one tower: for the image tower its pooled features `(N, C)`
-and, for fusions that use them, its feature-map tokens `(N, h*w, C)` (computed with the deterministic eval
-transform); for the text tower its pooled features `(N, H)` and token states `(N, L, H)` with their lengths. A file
-is keyed by
+A frozen tower's output for a post never changes, so it is computed once and reused in every epoch, every run and
+every split (a post moved from train to test by another split seed keeps its features). Each tower has a store: a
+folder of shards, each a safetensors file holding some posts' features, keyed per post. For the image tower a row is
+its pooled features `(C,)` and, for fusions that use them, its feature-map tokens `(h*w, C)` (computed with the
+deterministic eval transform); for the text tower its pooled features `(H,)` and token states `(L, H)` with their
+length. A store is keyed by
 
 - the tower: a hash of its config (architecture, pooling) and every weight and buffer,
 - the preprocessing: timm's resolved data config, or the tokenizer's vocabulary and the maximum length,
-- the inputs: a hash of every image's bytes or every text, in order,
 
-so changing any of them computes new features instead of reusing stale ones. Each file stores a SHA-256 of every
-tensor in its metadata and is verified when a run opens it: a damaged file is named, deleted and recomputed.
+and a post by a hash of its image's bytes or of its text, so changing any of them computes new features instead of
+reusing stale ones. A run computes only the posts no shard holds yet, as one new shard. Each shard stores a SHA-256
+of every tensor in its metadata and is verified when a run opens it: a damaged shard is named, deleted and its posts
+recomputed. The towers' features do not depend on which posts share a batch (checked in the tests), so a post's
+features are the same whichever split computed them first.
 """
 
 import hashlib
@@ -52,54 +55,71 @@ def tower_fingerprint(tower, settings: dict) -> str:
     return digest.hexdigest()[:24]
 
 
-def images_fingerprint(split) -> str:
-    digest = _digest("images")
+def image_keys(split) -> list[str]:
+    """One key per row: a hash of the image file's bytes."""
+    keys = []
     for image in split.cast_column("image", ImageFeature(decode=False))["image"]:
         data = image["bytes"] if image["bytes"] is not None else Path(image["path"]).read_bytes()
-        digest.update(hashlib.sha256(data).digest())
-    return digest.hexdigest()[:24]
+        keys.append(hashlib.sha256(data).hexdigest()[:32])
+    return keys
 
 
-def texts_fingerprint(split) -> str:
-    digest = _digest("texts")
-    for text in split["text"]:
-        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
-    return digest.hexdigest()[:24]
+def text_keys(split) -> list[str]:
+    """One key per row: a hash of the text."""
+    return [hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] for text in split["text"]]
 
 
 class CachedFeatures:
-    """Feature rows of one split, read lazily from a safetensors file (each dataloader worker opens its own).
+    """Feature rows of one split, read lazily from the shards of a tower's store (each dataloader worker opens its
+    own handles). Row `i` of the split is row `locations[i][1]` of shard `shards[locations[i][0]]`.
 
     `kind="image"` gives `image_features` (+ `image_tokens`); `kind="text"` gives `text_features` (+ `text_tokens`
     trimmed to each post's length, with its `attention_mask`).
     """
 
-    def __init__(self, path: Path, kind: str, with_tokens: bool):
-        self.path, self.kind, self.with_tokens = Path(path), kind, with_tokens
-        self._file = None
+    def __init__(self, shards: list[Path], locations: list[tuple[int, int]], kind: str, with_tokens: bool):
+        self.shards, self.locations = [Path(shard) for shard in shards], list(locations)
+        self.kind, self.with_tokens = kind, with_tokens
+        self._files = {}
+
+    def _slice(self, shard: int, name: str):
+        if shard not in self._files:
+            self._files[shard] = safe_open(str(self.shards[shard]), framework="pt")
+        return self._files[shard].get_slice(name)
 
     def rows(self, indices) -> dict[str, list]:
-        if self._file is None:
-            self._file = safe_open(str(self.path), framework="pt")
-        indices = [int(i) for i in indices]
-        out = {f"{self.kind}_features": [self._file.get_slice("pooled")[i] for i in indices]}
+        where = [self.locations[int(i)] for i in indices]
+        out = {f"{self.kind}_features": [self._slice(s, "pooled")[r] for s, r in where]}
         if self.with_tokens:
-            tokens = [self._file.get_slice("tokens")[i] for i in indices]
+            tokens = [self._slice(s, "tokens")[r] for s, r in where]
             if self.kind == "text":
-                lengths = [int(self._file.get_slice("lengths")[i]) for i in indices]
+                lengths = [int(self._slice(s, "lengths")[r]) for s, r in where]
                 tokens = [t[:n] for t, n in zip(tokens, lengths)]
                 out["attention_mask"] = [[1] * n for n in lengths]
             out[f"{self.kind}_tokens"] = tokens
         return out
 
+    def __len__(self):
+        return len(self.locations)
+
     def __getstate__(self):  # picklable for dataloader workers and datasets fingerprinting
-        return {"path": self.path, "kind": self.kind, "with_tokens": self.with_tokens, "_file": None}
+        return {**self.__dict__, "_files": {}}
 
 
 def progress(total: int, desc: str):
     """A progress bar over posts (posts/s and ETA), shown on the main process only."""
     main_process = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0
     return tqdm(total=total, desc=desc, unit="post", disable=not main_process, mininterval=2.0)
+
+
+def full_batch(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`tensor` with its last row repeated up to `batch_size` rows.
+
+    Every batch a tower sees then has the same shape: CPU kernels pick their blocking, and so the order of their sums,
+    from the shapes, so a post's features would otherwise change in the last bits with the size of its batch.
+    """
+    missing = batch_size - len(tensor)
+    return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])]) if missing > 0 else tensor
 
 
 @torch.no_grad()
@@ -114,7 +134,8 @@ def compute_image_features(
     for start in range(0, len(split), batch_size):
         images = split[start : start + batch_size]["image"]
         pixels = torch.stack([image_processor.eval_transform(load_rgb_image(image)) for image in images])
-        batch_pooled, batch_tokens = mmsa_model.encode_image(pixels.to(device))
+        batch_pooled, batch_tokens = mmsa_model.encode_image(full_batch(pixels, batch_size).to(device))
+        batch_pooled, batch_tokens = batch_pooled[: len(images)], batch_tokens[: len(images)]
         pooled.append(batch_pooled.float().cpu())
         if with_tokens:
             tokens.append(batch_tokens.float().cpu())
@@ -134,14 +155,18 @@ def compute_text_features(
     mmsa_model.eval()
     device = next(mmsa_model.text_model.parameters()).device
     pooled, tokens, lengths = [], [], []
+    # Never past the tower's position embeddings (a tiny tower may have fewer than max_length).
+    max_length = min(max_length, getattr(mmsa_model.text_model.config, "max_position_embeddings", max_length))
     bar = progress(len(split), desc)
     for start in range(0, len(split), batch_size):
         texts = list(split[start : start + batch_size]["text"])
-        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        encoded = {k: v.to(device) for k, v in encoded.items()}
+        # Padded to max_length, in full batches: a post's features do not depend on the other posts of its batch.
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+        full = {k: full_batch(v, batch_size).to(device) for k, v in encoded.items()}
         batch_pooled, batch_tokens = mmsa_model.encode_text(
-            encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids")
+            full["input_ids"], full["attention_mask"], full.get("token_type_ids")
         )
+        batch_pooled, batch_tokens = batch_pooled[: len(texts)], batch_tokens[: len(texts)]
         pooled.append(batch_pooled.float().cpu())
         if with_tokens:
             tokens.extend(batch_tokens.float().cpu().unbind(0))
@@ -175,55 +200,73 @@ def verify_cache_file(path: Path) -> str | None:
     return None
 
 
-def _cached(path: Path, compute, kind: str, with_tokens: bool) -> CachedFeatures:
-    if path.is_file():
-        problem = verify_cache_file(path)
+def _shard_keys(path: Path) -> tuple[list[str], bool]:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        return json.loads(metadata.get("keys", "[]")), "tokens" in handle.keys()
+
+
+def _cached(store: Path, keys: list[str], compute, kind: str, with_tokens: bool) -> CachedFeatures:
+    """The rows of `keys` from the shards of `store`; the posts no intact shard holds are computed (`compute(rows)`
+    gets their row numbers) and written as one new shard, atomically."""
+    shards, where, wanted = [], {}, set(keys)
+    for path in sorted(store.glob("*.safetensors")) if store.is_dir() else []:
+        try:
+            shard_keys, has_tokens = _shard_keys(path)
+            problem = None
+        except Exception as error:  # noqa: BLE001 - a shard safetensors cannot parse is a damaged shard
+            shard_keys, has_tokens, problem = [], with_tokens, f"unreadable ({type(error).__name__}: {error})"
+        if with_tokens and not has_tokens:
+            continue
         if problem is None:
-            logger.info("Reusing cached %s features %s", kind, path)
-            return CachedFeatures(path, kind, with_tokens)
-        logger.warning("Cached %s features %s are damaged (%s): deleting and recomputing them.", kind, path, problem)
-        path.unlink(missing_ok=True)
-    logger.info("Computing frozen %s features -> %s", kind, path)
-    tensors = {name: tensor.contiguous() for name, tensor in compute().items()}
-    metadata = {f"sha256:{name}": tensor_checksum(tensor) for name, tensor in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.replace(path)  # atomic: a killed run never leaves a half-written cache
-    return CachedFeatures(path, kind, with_tokens)
-
-
-def _reuse_token_file(path_with_tokens: Path, kind: str) -> CachedFeatures | None:
-    """A pooled-only request served from an existing, intact file that holds tokens too (its `pooled` tensor)."""
-    if path_with_tokens.is_file() and verify_cache_file(path_with_tokens) is None:
-        logger.info("Reusing cached %s features %s (pooled features only)", kind, path_with_tokens)
-        return CachedFeatures(path_with_tokens, kind, with_tokens=False)
-    return None
+            if not any(key in wanted and key not in where for key in shard_keys):
+                continue
+            problem = verify_cache_file(path)
+        if problem is not None:
+            logger.warning(
+                "Cached %s features %s are damaged (%s): deleting and recomputing them.", kind, path, problem
+            )
+            path.unlink(missing_ok=True)
+            continue
+        logger.info("Reusing cached %s features %s", kind, path)
+        for row, key in enumerate(shard_keys):
+            where.setdefault(key, (len(shards), row))
+        shards.append(path)
+    missing = sorted({key: row for row, key in enumerate(keys) if key not in where}.values())
+    if missing:
+        logger.info("Computing frozen %s features of %d posts -> %s", kind, len(missing), store)
+        tensors = {name: tensor.contiguous() for name, tensor in compute(missing).items()}
+        new_keys = [keys[row] for row in missing]
+        metadata = {f"sha256:{name}": tensor_checksum(tensor) for name, tensor in tensors.items()}
+        metadata["keys"] = json.dumps(new_keys)
+        path = store / f"{_digest(new_keys, with_tokens).hexdigest()[:24]}.safetensors"
+        store.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(tensors, str(partial), metadata=metadata)
+        partial.replace(path)  # atomic: a killed run never leaves a half-written shard
+        for row, key in enumerate(new_keys):
+            where[key] = (len(shards), row)
+        shards.append(path)
+    return CachedFeatures(shards, [where[key] for key in keys], kind, with_tokens)
 
 
 def cache_image_features(
     mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None, desc: str = "image features"
 ) -> CachedFeatures:
-    """The frozen image tower's features of `split`, computed on first use."""
+    """The frozen image tower's features of `split`, each post computed on its first use in any split."""
     tower = mmsa_model.vision_model
-
-    def path(tokens: bool) -> Path:
-        key = tower_fingerprint(
-            tower,
-            {
-                "architecture": tower.config.architecture,
-                "data": image_processor.data_config,
-                "tokens": tokens,
-                "loader": IMAGE_LOADER_VERSION,
-            },
-        )
-        return Path(cache_dir or default_cache_dir()) / "image" / key / f"{images_fingerprint(split)}.safetensors"
-
-    if not with_tokens and (reused := _reuse_token_file(path(True), "image")):
-        return reused
+    key = tower_fingerprint(
+        tower,
+        {
+            "architecture": tower.config.architecture,
+            "data": image_processor.data_config,
+            "loader": IMAGE_LOADER_VERSION,
+        },
+    )
     return _cached(
-        path(with_tokens),
-        lambda: compute_image_features(mmsa_model, image_processor, split, with_tokens, desc=desc),
+        Path(cache_dir or default_cache_dir()) / "image" / key,
+        image_keys(split),
+        lambda rows: compute_image_features(mmsa_model, image_processor, split.select(rows), with_tokens, desc=desc),
         "image",
         with_tokens,
     )
@@ -232,28 +275,24 @@ def cache_image_features(
 def cache_text_features(
     mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, cache_dir=None, desc: str = "text features"
 ) -> CachedFeatures:
-    """The frozen text tower's features of `split`, computed on first use."""
+    """The frozen text tower's features of `split`, each post computed on its first use in any split."""
     vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-
-    def path(tokens: bool) -> Path:
-        key = tower_fingerprint(
-            mmsa_model.text_model,
-            {
-                "pooling": mmsa_model.config.text_pooling,
-                "vocabulary": vocabulary,
-                "max_length": max_length,
-                "lower_case": getattr(tokenizer, "do_lower_case", None),
-                "tokens": tokens,
-                "attention": mmsa_model.text_model.config._attn_implementation,
-            },
-        )
-        return Path(cache_dir or default_cache_dir()) / "text" / key / f"{texts_fingerprint(split)}.safetensors"
-
-    if not with_tokens and (reused := _reuse_token_file(path(True), "text")):
-        return reused
+    key = tower_fingerprint(
+        mmsa_model.text_model,
+        {
+            "pooling": mmsa_model.config.text_pooling,
+            "vocabulary": vocabulary,
+            "max_length": max_length,
+            "lower_case": getattr(tokenizer, "do_lower_case", None),
+            "attention": mmsa_model.text_model.config._attn_implementation,
+        },
+    )
     return _cached(
-        path(with_tokens),
-        lambda: compute_text_features(mmsa_model, tokenizer, split, max_length, with_tokens, desc=desc),
+        Path(cache_dir or default_cache_dir()) / "text" / key,
+        text_keys(split),
+        lambda rows: compute_text_features(
+            mmsa_model, tokenizer, split.select(rows), max_length, with_tokens, desc=desc
+        ),
         "text",
         with_tokens,
     )

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from datasets import concatenate_datasets
+from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
@@ -186,7 +188,7 @@ def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_pat
     )
     first = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
     again = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
-    assert len(calls) == 1 and first.path == again.path
+    assert len(calls) == 1 and first.shards == again.shards
 
     # The cached rows are exactly what the tower computes with the eval transform.
     rows = first.rows([0, 3])
@@ -204,12 +206,56 @@ def test_frozen_image_features_are_cached_reused_and_invalidated(assets, tmp_pat
     with torch.no_grad():
         next(model.mmsa.vision_model.parameters()).add_(1.0)
     changed = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
-    assert len(calls) == 2 and changed.path != first.path
+    assert len(calls) == 2 and changed.shards != first.shards
     processor.image_processor.__init__(
         pretrained_cfg={**processor.image_processor.pretrained_cfg, "input_size": (3, 48, 48)}
     )
     resized = cache_image_features(model.mmsa, processor.image_processor, split, True, cache_dir=tmp_path / "cache")
-    assert len(calls) == 3 and resized.path not in (first.path, changed.path)
+    assert len(calls) == 3 and resized.shards[0] not in first.shards + changed.shards
+
+
+def test_features_are_cached_per_post_and_shared_between_splits(assets, tmp_path, monkeypatch):
+    model_args, data_args, _ = train_hf.parse_args(
+        tiny_args(
+            assets,
+            tmp_path / "run",
+            "--fusion",
+            "ote",
+            "--freeze_vision_backbone",
+            "true",
+            "--freeze_text_backbone",
+            "true",
+            "--max_text_length",
+            "32",
+        )
+    )
+    model, processor = train_hf.build_model(model_args, data_args)
+    dataset = build_mvsa(assets["raw"], num_proc=1)
+    computed = []
+    for name in ("compute_image_features", "compute_text_features"):
+        real = getattr(feature_cache, name)
+        monkeypatch.setattr(
+            feature_cache, name, lambda *a, _real=real, **k: computed.append(len(a[2])) or _real(*a, **k)
+        )
+    store = tmp_path / "cache"
+    train_images = cache_image_features(model.mmsa, processor.image_processor, dataset["train"], True, store)
+    cache_text_features(model.mmsa, processor.tokenizer, dataset["train"], 32, True, store)
+    assert computed == [len(dataset["train"])] * 2
+    # Another split of the same posts: the train posts are read back, only the others are computed.
+    mixed = concatenate_datasets([dataset["validation"], dataset["train"].select(range(4))])
+    images = cache_image_features(model.mmsa, processor.image_processor, mixed, True, store)
+    texts = cache_text_features(model.mmsa, processor.tokenizer, mixed, 32, True, store)
+    assert computed[2:] == [len(dataset["validation"])] * 2
+    assert len(images.shards) == 2 and len(images) == len(mixed)
+    # Each row is the one of its own post, whichever shard holds it and whichever batch computed it.
+    reference = feature_cache.compute_image_features(model.mmsa, processor.image_processor, mixed, True)
+    rows = images.rows(range(len(mixed)))
+    assert torch.equal(torch.stack(rows["image_features"]), reference["pooled"])
+    assert torch.equal(torch.stack(rows["image_tokens"]), reference["tokens"])
+    assert torch.equal(images.rows([len(mixed) - 1])["image_features"][0], train_images.rows([3])["image_features"][0])
+    reference = feature_cache.compute_text_features(model.mmsa, processor.tokenizer, mixed, 32, True)
+    assert torch.equal(torch.stack(texts.rows(range(len(mixed)))["text_features"]), reference["pooled"])
+    assert_same_logits(model, processor, mixed, text_cache=texts, image_cache=images)
 
 
 def assert_same_logits(model, processor, split, **caches):
@@ -256,8 +302,8 @@ def test_frozen_text_features_are_cached_and_equivalent(assets, tmp_path, fusion
     # Another pooling is another cache.
     model.config.text_pooling = "cls"
     assert (
-        cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens, tmp_path / "cache").path
-        != text_cache.path
+        cache_text_features(model.mmsa, processor.tokenizer, split, 32, with_tokens, tmp_path / "cache").shards
+        != text_cache.shards
     )
 
 
@@ -452,16 +498,17 @@ def test_a_damaged_feature_cache_file_is_named_deleted_and_recomputed(assets, tm
     model, processor = train_hf.build_model(model_args, data_args)
     split = build_mvsa(assets["raw"], num_proc=1)["validation"]
     cached = cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path / "cache")
-    good = cached.path.read_bytes()
+    (shard,) = cached.shards
+    good, tensors = shard.read_bytes(), {k: t.clone() for k, t in load_file(shard).items()}
     if damage == "truncate":
-        cached.path.write_bytes(good[: len(good) // 2])
+        shard.write_bytes(good[: len(good) // 2])
     else:  # same size, one float changed: only the checksum can tell
-        cached.path.write_bytes(good[:-8] + bytes(b ^ 0xFF for b in good[-8:]))
+        shard.write_bytes(good[:-8] + bytes(b ^ 0xFF for b in good[-8:]))
     with caplog.at_level("WARNING", logger="mmsa.feature_cache"):
         again = cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path / "cache")
-    assert f"Cached image features {cached.path} are damaged" in caplog.text
-    assert again.path == cached.path and again.path.read_bytes() == good
-    assert feature_cache.verify_cache_file(again.path) is None
+    assert f"Cached image features {shard} are damaged" in caplog.text
+    assert again.shards == [shard] and all(torch.equal(t, load_file(shard)[k]) for k, t in tensors.items())
+    assert feature_cache.verify_cache_file(shard) is None
 
 
 def test_one_class_training_data_is_warned_about_or_refused(tmp_path, assets, caplog):
