@@ -89,6 +89,13 @@ class ModelArguments:
     text_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the text tower."})
     vision_learning_rate: float = field(default=5e-6, metadata={"help": "Learning rate of the image tower."})
     head_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the fusion layers and heads."})
+    layerwise_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Text tower layer-wise learning-rate decay: each layer below the top gets this factor times the "
+            "learning rate of the layer above (1: one rate for the whole tower)."
+        },
+    )
 
 
 @dataclass
@@ -360,7 +367,10 @@ def main(argv=None):
         torch.set_num_threads(threads)
 
     def prepared(name, training):
-        return dataset[name].with_transform(
+        split = dataset[name]
+        if "image_cache" in caches[name]:  # the images are never read: do not decode them for each row
+            split = split.cast_column("image", datasets.Image(decode=False))
+        return split.with_transform(
             make_transform(
                 processor,
                 training=training,
@@ -390,6 +400,7 @@ def main(argv=None):
             "vision": model_args.vision_learning_rate,
             "head": model_args.head_learning_rate,
         },
+        layerwise_lr_decay=model_args.layerwise_lr_decay,
     )
 
     if training_args.do_train:

@@ -33,9 +33,18 @@ def provenance() -> dict:
     return {"mmsa_version": mmsa.__version__, "behaviour_probe": behaviour_probe()}
 
 
-def run(fusion: str, seed: int, extra: list[str], output_dir: Path | None = None, probe: dict | None = None) -> dict:
+def run(
+    fusion: str | None,
+    seed: int,
+    extra: list[str],
+    output_dir: Path | None = None,
+    probe: dict | None = None,
+    config: Path = CONFIG,
+) -> dict:
+    """One `accelerate launch train_hf.py CONFIG [--fusion F] --seed S EXTRA` run and its test figures."""
     output_dir = output_dir or ROOT / "runs" / "paper_table" / f"{fusion}_seed{seed}"
-    arguments = [str(CONFIG.relative_to(ROOT)), "--fusion", fusion, "--seed", str(seed), *extra]
+    fusion_flags = ["--fusion", fusion] if fusion else []
+    arguments = [str(config.relative_to(ROOT)), *fusion_flags, "--seed", str(seed), *extra]
     command = [
         sys.executable,
         "-m",
@@ -56,7 +65,7 @@ def run(fusion: str, seed: int, extra: list[str], output_dir: Path | None = None
     state = json.loads((output_dir / "trainer_state.json").read_text())
     info = json.loads((output_dir / "run_info.json").read_text())
     return {
-        "fusion": fusion,
+        "fusion": info.get("model_args", {}).get("fusion", fusion),
         "seed": seed,
         **{key: test[key] for key in METRICS},
         "per_class_f1": {k[len("test_f1_") :]: v for k, v in test.items() if k.startswith("test_f1_")},

@@ -90,6 +90,9 @@ class MmsaConfig(PreTrainedConfig):
             Keep the text tower's weights fixed (no gradients, dropout off).
         freeze_vision_backbone (`bool`, *optional*, defaults to `False`):
             Keep the image tower's weights fixed (no gradients, BatchNorm statistics frozen in eval mode).
+        text_trainable_layers (`int`, *optional*):
+            Train only the top N transformer layers of the text tower (and its pooler); its embeddings and lower
+            layers stay fixed. `None` trains every layer. Ignored when `freeze_text_backbone` is set.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the new fusion layers.
         num_labels / id2label / label2id:
@@ -125,6 +128,7 @@ class MmsaConfig(PreTrainedConfig):
     class_weights: list[float] | None = None
     freeze_text_backbone: bool = False
     freeze_vision_backbone: bool = False
+    text_trainable_layers: int | None = None
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

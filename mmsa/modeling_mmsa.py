@@ -535,6 +535,15 @@ class MmsaPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
+def text_layers(text_model) -> torch.nn.ModuleList:
+    """The stack of transformer layers of a text tower (`encoder.layer` in BERT, MPNet, RoBERTa and most others)."""
+    count = text_model.config.num_hidden_layers
+    for module in text_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"Cannot find the {count} transformer layers of {type(text_model).__name__}.")
+
+
 class MmsaModel(MmsaPreTrainedModel):
     """Text tower + image tower + fusion layers; returns the fused multimodal embedding (no classification head)."""
 
@@ -586,6 +595,16 @@ class MmsaModel(MmsaPreTrainedModel):
             if tower is not None and frozen:
                 tower.requires_grad_(False)
                 tower.eval()
+        top = self.config.text_trainable_layers
+        if self.text_model is not None and not self.config.freeze_text_backbone and top is not None:
+            layers = text_layers(self.text_model)
+            if not 0 <= top <= len(layers):
+                raise ValueError(f"text_trainable_layers={top}, but the text tower has {len(layers)} layers.")
+            self.text_model.requires_grad_(False)
+            for layer in layers[len(layers) - top :]:
+                layer.requires_grad_(True)
+            if top and getattr(self.text_model, "pooler", None) is not None:
+                self.text_model.pooler.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -3,6 +3,8 @@ the test-set report."""
 
 import json
 import logging
+import re
+import typing
 from collections import Counter
 from pathlib import Path
 
@@ -81,11 +83,32 @@ class MmsaDataCollator:
 
 class MmsaTrainer(Trainer):
     """`Trainer` whose optimizer gives the text tower, the image tower and the fusion head their own learning rates
-    (`learning_rates={"text": ..., "vision": ..., "head": ...}`); bias and norm weights get no weight decay."""
+    (`learning_rates={"text": ..., "vision": ..., "head": ...}`); bias and norm weights get no weight decay.
 
-    def __init__(self, *args, learning_rates: dict[str, float] | None = None, **kwargs):
+    With `layerwise_lr_decay` γ < 1 the text tower's learning rate decays with depth below its top layer: layer `i`
+    of `L` gets `text_lr * γ ** (L - 1 - i)`, the embeddings `text_lr * γ ** L` (layer-wise learning-rate decay,
+    as in ELECTRA and the BERT fine-tuning recipes of Sun et al., 2019).
+    """
+
+    def __init__(
+        self, *args, learning_rates: dict[str, float] | None = None, layerwise_lr_decay: float = 1.0, **kwargs
+    ):
         self.learning_rates = learning_rates or {}
+        self.layerwise_lr_decay = layerwise_lr_decay
         super().__init__(*args, **kwargs)
+
+    def text_depths(self, model) -> dict[str, int]:
+        """How many layers below the top each text-tower parameter sits (0 for the top layer and the pooler)."""
+        names = [name for name, _ in model.named_parameters() if self.parameter_group(name) == "text"]
+        layer_of = {name: re.search(r"\.layer\.(\d+)\.", name) for name in names}
+        count = 1 + max((int(m.group(1)) for m in layer_of.values() if m), default=-1)
+        depths = {}
+        for name in names:
+            if layer_of[name]:
+                depths[name] = count - 1 - int(layer_of[name].group(1))
+            else:
+                depths[name] = count if ".embeddings." in name else 0
+        return depths
 
     @staticmethod
     def parameter_group(name: str) -> str:
@@ -100,25 +123,31 @@ class MmsaTrainer(Trainer):
             return self.optimizer
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
+        depths = self.text_depths(opt_model) if self.layerwise_lr_decay != 1.0 else {}
         groups = {}
         for name, parameter in opt_model.named_parameters():
             if not parameter.requires_grad:
                 continue
             part = self.parameter_group(name)
-            key = (part, name in decay)
+            depth = depths.get(name, 0)
+            key = (part, name in decay, depth)
             if key not in groups:
                 groups[key] = {
                     "params": [],
                     "weight_decay": self.args.weight_decay if name in decay else 0.0,
-                    "lr": self.learning_rates.get(part, self.args.learning_rate),
-                    "group_name": part,
+                    "lr": self.learning_rates.get(part, self.args.learning_rate) * self.layerwise_lr_decay**depth,
+                    "group_name": part if not depth else f"{part}-{depth}",
                 }
             groups[key]["params"].append(parameter)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(list(groups.values()), **optimizer_kwargs)
-        for (part, decayed), group in groups.items():
+        for (_, decayed, _), group in groups.items():
             logger.info(
-                "optimizer group %s (decay=%s): %d tensors, lr %g", part, decayed, len(group["params"]), group["lr"]
+                "optimizer group %s (decay=%s): %d tensors, lr %g",
+                group["group_name"],
+                decayed,
+                len(group["params"]),
+                group["lr"],
             )
         return self.optimizer
 
@@ -189,8 +218,15 @@ def parse_config_overrides(overrides: str | None) -> dict:
     if not overrides:
         return {}
     probe = MmsaConfig()
-    probe.update_from_string(overrides)
     names = [item.split("=", 1)[0].strip() for item in overrides.split(",") if item.strip()]
+    for name in names:  # a field that defaults to None (`int | None`) is typed by its annotation
+        if getattr(probe, name, 0) is None:
+            kinds = [
+                kind for kind in typing.get_args(MmsaConfig.__annotations__.get(name)) if kind in (int, float, str)
+            ]
+            if kinds:
+                setattr(probe, name, kinds[0]())
+    probe.update_from_string(overrides)
     return {name: getattr(probe, name) for name in names}
 
 

