@@ -17,6 +17,12 @@ input order: the prediction, or an `error` naming what is wrong with that row (b
 types, unreadable or missing image, an image URL that does not answer, empty text); the other rows go on. The output
 is written to a temporary file beside `--output` and renamed into place at the end, so an interrupted run leaves no
 partial output. Exit status: 0 when every row was predicted, 3 when some rows failed (their number is printed).
+
+Batch prediction shards over processes with accelerate: `accelerate launch --multi_gpu --num_processes N -m mmsa.cli
+predict --input posts.jsonl --output preds.jsonl` gives each process a contiguous share of the rows (one GPU each
+where there are GPUs, CPU processes where there are none) and writes one output in input order, the same as one
+process would. (`accelerate launch --cpu` starts a single process whatever `--num_processes` says, in accelerate
+1.x; CPU processes come from the `--multi_gpu` launcher on a machine without GPUs, or from `--mpirun_hostfile`.)
 `explain` in batch mode writes `DIR/explanations.jsonl` (one record per input row, the same way) and one figure per
 explained row (`DIR/line-<n>.html`); see `mmsa.explain` for what the numbers mean.
 """
@@ -34,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .processing_mmsa import DEFAULT_IMAGE_TIMEOUT, check_unicode, is_url, load_rgb_image
+from .image_io import DEFAULT_IMAGE_TIMEOUT, check_unicode, is_url, load_rgb_image
 
 
 logger = logging.getLogger(__name__)
@@ -82,11 +88,9 @@ def load_classifier(
     `backend="onnx"`: `model` is a folder written by `mmsa export-onnx`, run by ONNX Runtime (`onnx_variant`
     "float32" or "int8") behind the same interface.
     """
-    if backend == "onnx":
-        from .onnx import OnnxSentimentClassifier
+    if backend == "onnx":  # needs neither torch nor timm
+        from .onnx_runtime import OnnxSentimentClassifier
 
-        if not Path(model, "onnx_manifest.json").is_file():
-            raise ValueError(f"{model} is not an ONNX export (no onnx_manifest.json): make one with mmsa export-onnx")
         return OnnxSentimentClassifier(model, variant=onnx_variant)
     from transformers import AutoProcessor
 
@@ -199,22 +203,67 @@ def atomic_output(path: Path):
         raise
 
 
+def distributed_state():
+    """accelerate's `PartialState` when this process is one of several started by `accelerate launch`, else None.
+    On a machine without CUDA the processes are CPU processes (gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def predict_file(
     classifier, input_path: Path, output_path: Path, batch_size: int, top_k, timeout: float = DEFAULT_IMAGE_TIMEOUT
 ) -> dict:
     """Batch prediction over a JSONL file: one output record per input row, in order, written atomically.
-    Returns counts of predicted and failed rows, and of blank lines."""
+    Returns counts of predicted and failed rows, and of blank lines.
+
+    Under `accelerate launch` with several processes, each process predicts one contiguous shard of the rows into a
+    part file; when all are done, the main process joins the parts in order into `output_path` (atomically) and
+    every process returns the totals."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if same_file(input_path, output_path):
         raise ValueError(f"--output {output_path} is the input file: choose another path")
     rows, blank = read_rows(input_path)
+    state = distributed_state()
+    if state is None:
+        with atomic_output(output_path) as out:
+            counts = predict_rows(classifier, rows, input_path.parent, out, batch_size, top_k, timeout)
+        return {**counts, "blank_lines": blank}
+    from accelerate.utils import gather_object
+
+    rank, world = state.process_index, state.num_processes
+    bounds = [len(rows) * i // world for i in range(world + 1)]
+    parts = [output_path.with_name(f".{output_path.name}.part{i}-of-{world}") for i in range(world)]
+    with atomic_output(parts[rank]) as out:
+        counts = predict_rows(
+            classifier, rows[bounds[rank] : bounds[rank + 1]], input_path.parent, out, batch_size, top_k, timeout,
+            show_progress=state.is_main_process,
+        )  # fmt: skip
+    everyone = gather_object([counts])
+    if state.is_main_process:
+        with atomic_output(output_path) as out:
+            for part in parts:
+                out.write(part.read_text(encoding="utf-8"))
+        for part in parts:
+            part.unlink()
+    state.wait_for_everyone()
+    totals = {key: sum(c[key] for c in everyone) for key in counts}
+    return {**totals, "blank_lines": blank, "processes": world}
+
+
+def predict_rows(
+    classifier, rows, base: Path, out, batch_size: int, top_k, timeout: float, show_progress: bool = True
+) -> dict:
+    """Writes one record per `(line number, row)` to `out`, in order; returns the counts."""
     config = classifier.model.config
     draft = getattr(classifier.image_processor, "draft_size", None)
-    counts = {"rows": len(rows), "predicted": 0, "errors": 0, "blank_lines": blank}
+    counts = {"rows": len(rows), "predicted": 0, "errors": 0}
     with (
-        atomic_output(output_path) as out,
-        tqdm(total=len(rows), desc="predicting", unit="post") as bar,
+        tqdm(total=len(rows), desc="predicting", unit="post", disable=not show_progress) as bar,
         ThreadPoolExecutor(IMAGE_READERS) as readers,
     ):
 
@@ -226,7 +275,7 @@ def predict_file(
             if isinstance(row, dict):
                 record["id"] = row.get("id")
             try:
-                return record, read_post(row, input_path.parent, config, timeout, draft), None
+                return record, read_post(row, base, config, timeout, draft), None
             except ValueError as error:
                 return record, None, str(error)
 
@@ -474,8 +523,10 @@ def run(argv=None):
 def report_counts(counts: dict, done: str, output: Path) -> dict:
     """Prints a batch's summary line to stderr ("N rows: n predicted, m failed -> OUT") and returns the counts."""
     blank = f", {counts['blank_lines']} blank lines ignored" if counts["blank_lines"] else ""
+    processes = f" by {counts['processes']} processes" if counts.get("processes", 1) > 1 else ""
     print(
-        f"{counts['rows']} rows: {counts[done]} {done}, {counts['errors']} failed{blank} -> {output}", file=sys.stderr
+        f"{counts['rows']} rows: {counts[done]} {done}{processes}, {counts['errors']} failed{blank} -> {output}",
+        file=sys.stderr,
     )
     return counts
 
@@ -491,9 +542,13 @@ def run_predict(parser, args):
             parser.error(f"--output {args.output} is the input file: choose another path")
     elif args.text is not None:
         check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates
+    state = distributed_state() if args.input else None
+    device = args.device
+    if device is None and state is not None and state.device.type != "cpu":
+        device = str(state.device)  # one accelerator per process
     classifier = load_classifier(
         args.model,
-        args.device,
+        device,
         dtype=args.dtype,
         torch_compile=args.compile,
         backend=args.backend,
@@ -502,6 +557,8 @@ def run_predict(parser, args):
     classifier.image_processor.fast_decode = args.fast_decode
     if args.input:
         counts = predict_file(classifier, args.input, args.output, args.batch_size, top_k, args.timeout)
+        if state is not None and not state.is_main_process:
+            return counts
         return report_counts(counts, "predicted", args.output)
     draft = getattr(classifier.image_processor, "draft_size", None)
     post = read_post(

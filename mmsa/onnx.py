@@ -25,8 +25,9 @@ processor files, `config.json` and `onnx_manifest.json` (inputs, outputs, dtypes
 import json
 from pathlib import Path
 
+from .onnx_runtime import MANIFEST, MmsaOnnxModel, NumpyImageProcessor, OnnxSentimentClassifier
 
-MANIFEST = "onnx_manifest.json"
+
 FILES = {"float32": "model.onnx", "int8": "model_int8.onnx"}
 
 
@@ -137,81 +138,4 @@ def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18,
     return output_dir
 
 
-class MmsaOnnxModel:
-    """An exported folder under ONNX Runtime: `model(**inputs)` takes the processor's outputs (tensors or numpy
-    arrays) and returns numpy logits. `variant`: "float32" or "int8"."""
-
-    def __init__(self, folder, variant: str = "float32", threads: int | None = None):
-        import onnxruntime as ort
-
-        self.folder = Path(folder)
-        manifest_path = self.folder / MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError(f"{self.folder} is not an ONNX export of mmsa: no {MANIFEST}")
-        self.manifest = json.loads(manifest_path.read_text())
-        if variant not in self.manifest["files"]:
-            raise ValueError(f"{self.folder} has no {variant!r} model (it has: {', '.join(self.manifest['files'])}).")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.folder / self.manifest["files"][variant]), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_names = [item["name"] for item in self.manifest["inputs"]]
-        from .configuration_mmsa import MmsaConfig
-
-        self.config = MmsaConfig.from_pretrained(self.folder)
-        self.id2label = {int(k): v for k, v in self.manifest["id2label"].items()}
-        self.variant = variant
-
-    @classmethod
-    def from_pretrained(cls, folder, variant: str = "float32", threads: int | None = None):
-        return cls(folder, variant=variant, threads=threads)
-
-    def __call__(self, **inputs):
-        feed = {}
-        for name in self.input_names:
-            if name not in inputs:
-                raise ValueError(f"the ONNX model needs {name!r}")
-            value = inputs[name]
-            feed[name] = value.numpy() if hasattr(value, "numpy") else value
-        return self.session.run(["logits"], feed)[0]
-
-
-class OnnxSentimentClassifier:
-    """The `multimodal-sentiment` pipeline's interface over an exported folder: `classifier(post_or_posts,
-    batch_size=32, top_k=1)` with posts `{"text": ..., "image": ...}` (images as the processor takes them) gives the
-    same records as the PyTorch pipeline (`[{"label", "score"}, ...]` per post, best first)."""
-
-    def __init__(self, folder, variant: str = "float32", threads: int | None = None):
-        from transformers import AutoProcessor
-
-        self.model = MmsaOnnxModel(folder, variant=variant, threads=threads)
-        self.processor = AutoProcessor.from_pretrained(folder)
-        self.image_processor = self.processor.image_processor
-
-    def __call__(self, posts, batch_size: int = 32, top_k=1):
-        import numpy as np
-
-        single = isinstance(posts, dict)
-        posts = [posts] if single else list(posts)
-        config = self.model.config
-        results = []
-        for start in range(0, len(posts), batch_size):
-            batch = posts[start : start + batch_size]
-            inputs = self.processor(
-                text=[post["text"] for post in batch] if config.uses_text else None,
-                images=[post["image"] for post in batch] if config.uses_vision else None,
-            )
-            logits = self.model(**inputs).astype(np.float64)
-            probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probabilities /= probabilities.sum(axis=-1, keepdims=True)
-            for row in probabilities:
-                ranked = [
-                    {"label": config.id2label[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")
-                ]
-                results.append(ranked if top_k is None else ranked[:top_k])
-        return results[0] if single else results
-
-
-__all__ = ["MmsaOnnxModel", "OnnxSentimentClassifier", "export_onnx", "onnx_input_names"]
+__all__ = ["MmsaOnnxModel", "NumpyImageProcessor", "OnnxSentimentClassifier", "export_onnx", "onnx_input_names"]

@@ -355,3 +355,39 @@ def test_console_script_exits_zero(tiny_run, tmp_path):
     assert printed[0]["label"] == expected[0]["label"] and printed[0]["score"] == pytest.approx(expected[0]["score"])
     failed = subprocess.run(command[:-2] + ["--dtype", "int8"], capture_output=True, text=True)
     assert failed.returncode == 2 and "invalid choice: 'int8'" in failed.stderr
+
+
+@pytest.mark.slow
+def test_batch_prediction_shards_over_two_accelerate_processes(tiny_run, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m mmsa.cli predict`, on a machine without GPUs: two CPU
+    processes, one output with every row once, in input order, the same predictions as one process."""
+    example_posts(tmp_path)
+    lines = [json.dumps({"id": i, "text": f"post number {i} is {'great' if i % 2 else 'sad'}", "image": "photo.png"})
+             for i in range(11)]  # fmt: skip
+    lines[3], lines[8] = "{not json", json.dumps({"id": 8, "text": "", "image": "photo.png"})
+    (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
+    outputs = {}
+    for name, launcher in (
+        ("one", [sys.executable, "-m", "mmsa.cli"]),
+        ("two", [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--main_process_port", "29531", "-m", "mmsa.cli"]),
+    ):  # fmt: skip
+        out = tmp_path / f"{name}.jsonl"
+        run = subprocess.run(
+            [*launcher, "predict", "--model", str(tiny_run), "--input", str(tmp_path / "posts.jsonl"), "--output",
+             str(out), "--all_scores"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""},
+        )  # fmt: skip
+        # the two bad rows: status 3, which the launcher reports as a failed process (status 1)
+        assert run.returncode == (cli.ROWS_FAILED_STATUS if name == "one" else 1), run.stderr[-3000:]
+        outputs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+        if name == "two":
+            assert "11 rows: 9 predicted by 2 processes, 2 failed" in run.stderr
+            assert not list(tmp_path.glob(".two.jsonl.part*"))  # the parts were joined and removed
+    one, two = outputs["one"], outputs["two"]
+    assert [r["line"] for r in two] == [r["line"] for r in one] == list(range(1, 12))
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys() and a.get("error") == b.get("error") and a.get("id") == b.get("id")
+        assert [s["label"] for s in a.get("scores", [])] == [s["label"] for s in b.get("scores", [])]
+        assert [s["score"] for s in a.get("scores", [])] == pytest.approx([s["score"] for s in b.get("scores", [])])

@@ -134,3 +134,81 @@ def test_predict_and_evaluate_with_the_onnx_backend(tiny_run, tmp_path):
     assert metrics["onnx"] == pytest.approx(metrics["torch"])
     with pytest.raises(SystemExit):
         cli.run(["predict", "--model", str(tiny_run), "--backend", "onnx", "--text", "hi", "--image", str(image)])
+
+
+PRETRAINED_CFGS = {
+    "lite0": {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.5,) * 3,
+              "std": (0.5,) * 3, "crop_mode": "center"},
+    "lite2": {"input_size": (3, 260, 260), "crop_pct": 0.89, "interpolation": "bicubic", "mean": (0.5,) * 3,
+              "std": (0.5,) * 3, "crop_mode": "center"},
+    "resnet50": {"input_size": (3, 224, 224), "crop_pct": 0.95, "interpolation": "bilinear",
+                 "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_mode": "center"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED_CFGS))
+@pytest.mark.parametrize("fast_decode", [False, True])
+def test_numpy_image_processor_gives_the_pixels_of_the_timm_one(name, fast_decode, tmp_path):
+    from mmsa import MmsaImageProcessor
+    from mmsa.onnx_runtime import NumpyImageProcessor
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i, (width, height) in enumerate([(640, 480), (300, 900), (257, 256), (224, 224), (100, 61), (1023, 767)]):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        images.append(str(path))
+    images.append(Image.new("RGBA", (320, 200), (10, 200, 30, 128)))  # composited onto white by both
+    reference = MmsaImageProcessor(pretrained_cfg=PRETRAINED_CFGS[name], fast_decode=fast_decode)
+    expected = reference(images)["pixel_values"].numpy()
+    reference.save_pretrained(tmp_path / "saved")
+    pixels = NumpyImageProcessor.from_pretrained(tmp_path / "saved")(images)["pixel_values"]
+    assert pixels.dtype == np.float32 and pixels.shape == expected.shape
+    np.testing.assert_array_equal(pixels, expected)
+
+
+TORCH_FREE = """
+import json, sys
+for name in ("torch", "torchvision", "timm"):
+    sys.modules[name] = None  # importing any of them now fails, and transformers sees no torch
+import mmsa
+from mmsa import cli
+assert not mmsa.TORCH_AVAILABLE
+folder, posts, out = sys.argv[1:4]
+classifier = mmsa.load_classifier(folder, backend="onnx")
+records = classifier([json.loads(line) for line in open(posts)], top_k=None)
+counts = cli.run(["predict", "--model", folder, "--backend", "onnx", "--input", posts, "--output", out, "--all_scores"])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm") and sys.modules[m])
+print(json.dumps({"records": records, "counts": counts, "loaded": loaded}))
+"""
+
+
+def test_an_onnx_folder_runs_without_torch(tiny_run, tmp_path):
+    """Loading and running an export needs onnxruntime, the tokenizer and the numpy image processor only: the
+    records equal the PyTorch pipeline's."""
+    import subprocess
+    import sys
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = cli.run(["export-onnx", "--model", str(tiny_run), "--output", str(tmp_path / "onnx")])
+    Image.new("RGB", (90, 60), (20, 160, 220)).save(tmp_path / "photo.jpg")
+    posts = tmp_path / "posts.jsonl"
+    rows = [{"text": text, "image": str(tmp_path / "photo.jpg")} for text in TEXTS]
+    posts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE, str(folder), str(posts), str(tmp_path / "out.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == [] and result["counts"]["predicted"] == len(TEXTS)
+    expected = cli.load_classifier(str(tiny_run))(rows, top_k=None)
+    for got, want in zip(result["records"], expected, strict=True):
+        assert [r["label"] for r in got] == [r["label"] for r in want]
+        assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], abs=1e-5)
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["scores"] for row in written] == result["records"]  # the CLI and the classifier agree

@@ -1,0 +1,228 @@
+"""Runs a folder written by `mmsa export-onnx` with ONNX Runtime, numpy, Pillow and the tokenizer only: no torch,
+torchvision or timm (`pip install "mmsa[onnx]"`).
+
+```python
+from mmsa.onnx_runtime import OnnxSentimentClassifier
+
+classifier = OnnxSentimentClassifier("onnx/", variant="int8")
+classifier({"text": "Sunny day at the beach", "image": "photo.jpg"})    # [{"label": "positive", "score": 0.93}]
+```
+
+`NumpyImageProcessor` reproduces timm's eval transform (resize of the shorter side to `input_size / crop_pct` with
+Pillow, centre crop, scaling to [0, 1], normalisation) on numpy arrays, with the same Pillow calls as torchvision's
+transforms, so its pixels equal `MmsaImageProcessor`'s (tested).
+"""
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+from .image_io import load_rgb_image
+
+
+MANIFEST = "onnx_manifest.json"
+PROCESSOR_FILE = "processor_config.json"
+PIL_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class NumpyImageProcessor:
+    """timm's eval transform for a tower's `pretrained_cfg`, on numpy: `processor(images)["pixel_values"]` is a
+    float32 array `(batch, 3, height, width)`. `fast_decode` decodes JPEGs at a reduced scale no smaller than the
+    resize (as `MmsaImageProcessor(fast_decode=True)`)."""
+
+    def __init__(self, pretrained_cfg: dict, fast_decode: bool = False):
+        crop_mode = pretrained_cfg.get("crop_mode") or "center"
+        if crop_mode != "center":
+            raise NotImplementedError(f"crop_mode={crop_mode!r}: only timm's 'center' eval transform is implemented.")
+        self.input_size = tuple(pretrained_cfg["input_size"][-2:])
+        if self.input_size[0] != self.input_size[1]:
+            raise NotImplementedError(f"input_size {self.input_size}: only square inputs are implemented.")
+        self.crop_pct = pretrained_cfg.get("crop_pct") or 0.875
+        interpolation = pretrained_cfg.get("interpolation") or "bilinear"
+        if interpolation not in PIL_INTERPOLATION:
+            raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(PIL_INTERPOLATION)}.")
+        self.resample = PIL_INTERPOLATION[interpolation]
+        self.mean = np.asarray(pretrained_cfg.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)[:, None, None]
+        self.std = np.asarray(pretrained_cfg.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)[:, None, None]
+        self.fast_decode = fast_decode
+
+    @classmethod
+    def from_pretrained(cls, folder, fast_decode: bool | None = None) -> "NumpyImageProcessor":
+        """From an exported folder's `processor_config.json` (or a `preprocessor_config.json`)."""
+        folder = Path(folder)
+        for name in (PROCESSOR_FILE, "preprocessor_config.json"):
+            if (folder / name).is_file():
+                saved = json.loads((folder / name).read_text())
+                saved = saved.get("image_processor", saved)
+                break
+        else:
+            raise FileNotFoundError(f"{folder} holds neither {PROCESSOR_FILE} nor preprocessor_config.json")
+        if "pretrained_cfg" not in saved:
+            raise ValueError(f"{folder}: the image processor has no timm pretrained_cfg")
+        decode = saved.get("fast_decode", False) if fast_decode is None else fast_decode
+        return cls(saved["pretrained_cfg"], fast_decode=decode)
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.input_size[0] / self.crop_pct))
+
+    @property
+    def draft_size(self) -> int | None:
+        return self.resize_size if self.fast_decode else None
+
+    def transform(self, image: Image.Image) -> np.ndarray:
+        """One RGB image to a normalised `(3, height, width)` float32 array."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if size != (width, height):
+            image = image.resize(size, self.resample)
+        crop_height, crop_width = self.input_size
+        top = int(round((image.height - crop_height) / 2.0))
+        left = int(round((image.width - crop_width) / 2.0))
+        image = image.crop((left, top, left + crop_width, top + crop_height))
+        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        return (pixels - self.mean) / self.std
+
+    def __call__(self, images) -> dict:
+        """`images`: one image or a list (PIL images, paths, bytes or URLs, read by `load_rgb_image`)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        arrays = [self.transform(load_rgb_image(image, draft=self.draft_size)) for image in images]
+        return {"pixel_values": np.stack(arrays)}
+
+
+class MmsaOnnxModel:
+    """An exported folder under ONNX Runtime: `model(**inputs)` takes the processor's outputs (numpy arrays or
+    tensors) and returns numpy logits. `variant`: "float32" or "int8"."""
+
+    def __init__(self, folder, variant: str = "float32", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            raise ValueError(
+                f"{self.folder} is not an ONNX export of mmsa (no {MANIFEST}): make one with mmsa export-onnx"
+            )
+        self.manifest = json.loads(manifest_path.read_text())
+        if variant not in self.manifest["files"]:
+            raise ValueError(f"{self.folder} has no {variant!r} model (it has: {', '.join(self.manifest['files'])}).")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(self.folder / self.manifest["files"][variant]), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [item["name"] for item in self.manifest["inputs"]]
+        self.id2label = {int(k): v for k, v in self.manifest["id2label"].items()}
+        self.uses_text = any(name != "pixel_values" for name in self.input_names)
+        self.uses_vision = "pixel_values" in self.input_names
+        # The model's config.json as attributes (fusion, id2label, ...), with what the graph's inputs say it uses.
+        saved = json.loads((self.folder / "config.json").read_text())
+        self.config = SimpleNamespace(
+            **{**saved, "id2label": self.id2label, "uses_text": self.uses_text, "uses_vision": self.uses_vision}
+        )
+        self.variant = variant
+
+    @classmethod
+    def from_pretrained(cls, folder, variant: str = "float32", threads: int | None = None):
+        return cls(folder, variant=variant, threads=threads)
+
+    def __call__(self, **inputs) -> np.ndarray:
+        feed = {}
+        for name in self.input_names:
+            if name not in inputs:
+                raise ValueError(f"the ONNX model needs {name!r}")
+            value = inputs[name]
+            feed[name] = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        return self.session.run(["logits"], feed)[0]
+
+
+def load_tokenizer(folder):
+    """The tokenizer saved in `folder`, by the class its `tokenizer_config.json` names (`AutoTokenizer` would read
+    `config.json`, whose `mmsa` model type only the torch side of the package registers)."""
+    import transformers
+
+    name = json.loads((Path(folder) / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    tokenizer_class = getattr(transformers, name, None) if name else None
+    return (tokenizer_class or transformers.PreTrainedTokenizerFast).from_pretrained(folder)
+
+
+class OnnxSentimentClassifier:
+    """The `multimodal-sentiment` pipeline's interface over an exported folder: `classifier(post_or_posts,
+    batch_size=32, top_k=1)` with posts `{"text": ..., "image": ...}` (images as `load_rgb_image` reads them) gives
+    the same records as the PyTorch pipeline (`[{"label", "score"}, ...]` per post, best first).
+
+    While ONNX Runtime scores one batch, a thread reads and preprocesses the next (Pillow releases the GIL while it
+    decodes and resizes). `fast_decode` overrides the saved processor's setting.
+    """
+
+    def __init__(self, folder, variant: str = "float32", threads: int | None = None, fast_decode: bool | None = None):
+        self.model = MmsaOnnxModel(folder, variant=variant, threads=threads)
+        self.tokenizer = load_tokenizer(folder) if self.model.uses_text else None
+        self.image_processor = NumpyImageProcessor.from_pretrained(folder, fast_decode=fast_decode)
+        saved = (
+            json.loads((Path(folder) / PROCESSOR_FILE).read_text())
+            if (Path(folder) / PROCESSOR_FILE).is_file()
+            else {}
+        )
+        self.max_length = saved.get("max_length", 128)
+
+    def preprocess(self, posts: list[dict]) -> dict:
+        """The graph's inputs for a batch of posts."""
+        inputs = {}
+        if self.model.uses_text:
+            inputs.update(
+                self.tokenizer(
+                    [post["text"] for post in posts],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="np",
+                )
+            )
+        if self.model.uses_vision:
+            inputs.update(self.image_processor([post["image"] for post in posts]))
+        return inputs
+
+    def postprocess(self, logits: np.ndarray, top_k=1) -> list:
+        logits = logits.astype(np.float64)
+        probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        id2label = self.model.id2label
+        results = []
+        for row in probabilities:
+            ranked = [{"label": id2label[int(i)], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
+            results.append(ranked if top_k is None else ranked[:top_k])
+        return results
+
+    def __call__(self, posts, batch_size: int = 32, top_k=1):
+        single = isinstance(posts, dict)
+        posts = [posts] if single else list(posts)
+        batches = [posts[start : start + batch_size] for start in range(0, len(posts), batch_size)]
+        results = []
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            upcoming = reader.submit(self.preprocess, batches[0]) if batches else None
+            for index in range(len(batches)):
+                inputs = upcoming.result()
+                if index + 1 < len(batches):
+                    upcoming = reader.submit(self.preprocess, batches[index + 1])
+                results.extend(self.postprocess(self.model(**inputs), top_k=top_k))
+        return results[0] if single else results
+
+
+__all__ = ["MmsaOnnxModel", "NumpyImageProcessor", "OnnxSentimentClassifier"]
