@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -159,6 +158,7 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
         posts = pickle.load(file)  # written by main() of this script, in its own scratch folder
     if setting.get("backend") == "onnx":
         return measure_onnx(model_dir, posts, setting, batch_size)
+    import torch
 
     from mmsa import MmsaForSequenceClassification, MmsaProcessor
     from mmsa.pipeline_mmsa import MultimodalSentimentPipeline, multimodal_sentiment_pipeline
@@ -196,19 +196,21 @@ def measure(model_dir: str, posts_file: str, setting: dict, batch_size: int) -> 
 
 
 def measure_onnx(onnx_dir: str, posts: list, setting: dict, batch_size: int) -> dict:
-    """An ONNX export under ONNX Runtime: the model call on processor outputs, and `OnnxSentimentClassifier`, the
-    pipeline's interface (`mmsa predict --backend onnx`)."""
-    from mmsa.onnx import FILES, OnnxSentimentClassifier
+    """An ONNX export under ONNX Runtime, in a process where torch, torchvision and timm cannot be imported (as with
+    `pip install "mmsa[onnx]"`): the model call on preprocessed inputs, `OnnxSentimentClassifier` (the pipeline's
+    interface, `mmsa predict --backend onnx`) and where the time goes, stage by stage."""
+    for name in ("torch", "torchvision", "timm"):
+        sys.modules[name] = None
+    from mmsa.onnx_runtime import OnnxSentimentClassifier
 
-    classifier = OnnxSentimentClassifier(onnx_dir, variant=setting["variant"])
-    classifier.image_processor.fast_decode = setting.get("fast_decode", False)
-    result = {"rss_after_load_mb": peak_rss_mb(), "model_mb": folder_mb(onnx_dir, FILES[setting["variant"]])}
+    files = {"float32": "model.onnx", "int8": "model_int8.onnx"}
+    classifier = OnnxSentimentClassifier(onnx_dir, variant=setting["variant"], fast_decode=setting.get("fast_decode"))
+    result = {"rss_after_load_mb": peak_rss_mb(), "model_mb": folder_mb(onnx_dir, files[setting["variant"]])}
 
     def direct():
         predictions = []
         for start in range(0, len(posts), batch_size):
-            chunk = posts[start : start + batch_size]
-            batch = classifier.processor(text=[p["text"] for p in chunk], images=[p["image"] for p in chunk])
+            batch = classifier.preprocess(posts[start : start + batch_size])
             predictions += classifier.model(**batch).argmax(-1).tolist()
         return predictions
 
@@ -217,7 +219,71 @@ def measure_onnx(onnx_dir: str, posts: list, setting: dict, batch_size: int) -> 
     result["direct_posts_per_s"] = len(posts) / seconds
     through_pipeline(classifier, posts, batch_size, classifier.model.config, result)
     result["peak_rss_mb"] = peak_rss_mb()
+    result["stages_ms_per_post"] = stage_times(
+        classifier, Path(onnx_dir) / files[setting["variant"]], posts, batch_size
+    )
     return result
+
+
+def graph_stages(model_path: Path) -> dict[str, str]:
+    """Each node of an ONNX graph named by the stage it belongs to, from the inputs it depends on: only the text
+    inputs (text tower), only `pixel_values` (image tower), both (fusion and head)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    origin = {i.name: {"image"} if i.name == "pixel_values" else {"text"} for i in graph.input}
+    stages = {}
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        depends = set().union(*(origin.get(name, set()) for name in node.input))
+        for name in node.output:
+            origin[name] = depends
+        stages[node.name] = {frozenset({"text"}): "text tower", frozenset({"image"}): "image tower"}.get(
+            frozenset(depends), "fusion and head" if depends else "constants"
+        )
+    return stages
+
+
+def stage_times(classifier, model_path: Path, posts: list, batch_size: int) -> dict[str, float]:
+    """Milliseconds per post in each stage, one stage at a time (no overlap): JPEG decoding, image preprocessing
+    (resize, crop, normalise), tokenisation, then the graph's nodes under ONNX Runtime's profiler, summed by stage
+    (`graph_stages` of the graph ONNX Runtime optimised), and the rest of the session call."""
+    import onnxruntime as ort
+
+    from mmsa.image_io import load_rgb_image
+
+    processor = classifier.image_processor
+    times = {}
+    images, times["JPEG decode"] = timed(
+        lambda: [load_rgb_image(p["image"], draft=processor.draft_size) for p in posts]
+    )
+    pixels, times["image preprocessing"] = timed(lambda: [processor.transform(image) for image in images])
+    inputs = []
+    for start in range(0, len(posts), batch_size):
+        chunk = posts[start : start + batch_size]
+        encoded, seconds = timed(lambda chunk=chunk: classifier.preprocess_text(chunk))
+        times["tokenisation"] = times.get("tokenisation", 0.0) + seconds
+        inputs.append({**encoded, "pixel_values": np.stack(pixels[start : start + batch_size])})
+    with tempfile.TemporaryDirectory() as scratch:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(scratch) / "profile")
+        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        session.run(["logits"], {k: inputs[0][k] for k in names})  # warm-up
+        _, run_seconds = timed(lambda: [session.run(["logits"], {k: batch[k] for k in names}) for batch in inputs])
+        events = json.loads(Path(session.end_profiling()).read_text())
+        stages = graph_stages(Path(scratch) / "optimized.onnx")
+    runs = sorted(e["ts"] + e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    warmup_end = runs[0]  # nodes that ran after the warm-up run
+    node_seconds = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] > warmup_end:
+            stage = stages.get(event["name"].removesuffix("_kernel_time"), "other nodes")
+            node_seconds[stage] = node_seconds.get(stage, 0.0) + event["dur"] / 1e6
+    times.update(node_seconds)
+    times["session overhead"] = max(run_seconds - sum(node_seconds.values()), 0.0)
+    return {stage: round(1000 * seconds / len(posts), 3) for stage, seconds in times.items()}
 
 
 def timed(function):
@@ -257,6 +323,8 @@ def main():
         model_dir, posts_file, name = args.worker
         print(json.dumps(measure(model_dir, posts_file, SETTINGS[name], args.batch_size)))
         return
+
+    import torch
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = args.model

@@ -16,10 +16,13 @@ size and text length are dynamic; the image size is the processor's (fixed by it
 the runtime a single call; the feature cache is a training-time device and does not apply to serving.
 
 `quantize="int8"` adds `model_int8.onnx`: ONNX Runtime dynamic quantisation of the matrix multiplications (int8
-weights, activations quantised on the fly; no calibration data needed). The image tower's convolutions stay
-float32: quantised dynamically they become `ConvInteger`, which ran slower than float32 on an AVX2 CPU and cost 2.2
-points of test accuracy (EfficientNet's depthwise convolutions), where matrix multiplications alone cost 0.4. The output folder also holds the
-processor files, `config.json` and `onnx_manifest.json` (inputs, outputs, dtypes, dynamic axes, opset, files).
+weights, one scale per output channel; activations quantised on the fly; no calibration data needed). On the main
+job's model it agreed with float32 on 98.0% of the 452 test posts, where one scale per tensor agreed on 94.7%.
+The image tower's convolutions stay float32: quantised dynamically they become `ConvInteger`, which ran slower than
+float32 on an AVX2 CPU and cost 2.2 points of test accuracy (EfficientNet's depthwise convolutions); static QDQ
+quantisation of the convolutions, calibrated on 128 training posts, agreed on 88.9% only and ran slower too. The
+output folder also holds the processor files, `config.json` and `onnx_manifest.json` (inputs, outputs, dtypes,
+dynamic axes, opset, files).
 """
 
 import json
@@ -112,6 +115,7 @@ def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18,
             output_dir / FILES["int8"],
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
         )
         files["int8"] = FILES["int8"]
     config.save_pretrained(output_dir)
@@ -132,7 +136,7 @@ def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18,
         "fusion": config.fusion,
         "id2label": {str(k): v for k, v in config.id2label.items()},
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "quantization": "onnxruntime dynamic int8 of MatMul/Gemm (QInt8 weights)" if quantize else None,
+        "quantization": "onnxruntime dynamic int8 of MatMul/Gemm (QInt8 weights, per channel)" if quantize else None,
     }
     (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return output_dir

@@ -167,8 +167,9 @@ class OnnxSentimentClassifier:
     batch_size=32, top_k=1)` with posts `{"text": ..., "image": ...}` (images as `load_rgb_image` reads them) gives
     the same records as the PyTorch pipeline (`[{"label", "score"}, ...]` per post, best first).
 
-    While ONNX Runtime scores one batch, a thread reads and preprocesses the next (Pillow releases the GIL while it
-    decodes and resizes). `fast_decode` overrides the saved processor's setting.
+    Posts are batched by text length (less padding for the text tower; results in input order), and while ONNX
+    Runtime scores one batch, a thread reads and preprocesses the next (Pillow releases the GIL while it decodes and
+    resizes). `fast_decode` overrides the saved processor's setting.
     """
 
     def __init__(self, folder, variant: str = "float32", threads: int | None = None, fast_decode: bool | None = None):
@@ -182,19 +183,18 @@ class OnnxSentimentClassifier:
         )
         self.max_length = saved.get("max_length", 128)
 
+    def preprocess_text(self, posts: list[dict]) -> dict:
+        """The graph's text inputs for a batch of posts (none for an image-only model)."""
+        if not self.model.uses_text:
+            return {}
+        texts = [post["text"] for post in posts]
+        return dict(
+            self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        )
+
     def preprocess(self, posts: list[dict]) -> dict:
         """The graph's inputs for a batch of posts."""
-        inputs = {}
-        if self.model.uses_text:
-            inputs.update(
-                self.tokenizer(
-                    [post["text"] for post in posts],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="np",
-                )
-            )
+        inputs = self.preprocess_text(posts)
         if self.model.uses_vision:
             inputs.update(self.image_processor([post["image"] for post in posts]))
         return inputs
@@ -213,7 +213,18 @@ class OnnxSentimentClassifier:
     def __call__(self, posts, batch_size: int = 32, top_k=1):
         single = isinstance(posts, dict)
         posts = [posts] if single else list(posts)
-        batches = [posts[start : start + batch_size] for start in range(0, len(posts), batch_size)]
+        # Batches of posts of similar text length (the text tower's cost grows with the padded length); the
+        # results come back in input order.
+        order = list(range(len(posts)))
+        if self.model.uses_text and len(posts) > batch_size:
+            lengths = [
+                len(ids)
+                for ids in self.tokenizer([p["text"] for p in posts], truncation=True, max_length=self.max_length)[
+                    "input_ids"
+                ]
+            ]
+            order.sort(key=lengths.__getitem__)
+        batches = [[posts[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
         results = []
         with ThreadPoolExecutor(max_workers=1) as reader:
             upcoming = reader.submit(self.preprocess, batches[0]) if batches else None
@@ -222,7 +233,10 @@ class OnnxSentimentClassifier:
                 if index + 1 < len(batches):
                     upcoming = reader.submit(self.preprocess, batches[index + 1])
                 results.extend(self.postprocess(self.model(**inputs), top_k=top_k))
-        return results[0] if single else results
+        in_order = [None] * len(posts)
+        for position, result in zip(order, results):
+            in_order[position] = result
+        return in_order[0] if single else in_order
 
 
 __all__ = ["MmsaOnnxModel", "NumpyImageProcessor", "OnnxSentimentClassifier"]

@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,9 +179,10 @@ assert not mmsa.TORCH_AVAILABLE
 folder, posts, out = sys.argv[1:4]
 classifier = mmsa.load_classifier(folder, backend="onnx")
 records = classifier([json.loads(line) for line in open(posts)], top_k=None)
+in_pairs = classifier([json.loads(line) for line in open(posts)], top_k=None, batch_size=2)  # batched by length
 counts = cli.run(["predict", "--model", folder, "--backend", "onnx", "--input", posts, "--output", out, "--all_scores"])
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm") and sys.modules[m])
-print(json.dumps({"records": records, "counts": counts, "loaded": loaded}))
+print(json.dumps({"records": records, "in_pairs": in_pairs, "counts": counts, "loaded": loaded}))
 """
 
 
@@ -207,8 +209,41 @@ def test_an_onnx_folder_runs_without_torch(tiny_run, tmp_path):
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["loaded"] == [] and result["counts"]["predicted"] == len(TEXTS)
     expected = cli.load_classifier(str(tiny_run))(rows, top_k=None)
-    for got, want in zip(result["records"], expected, strict=True):
+    for got, want in [*zip(result["records"], expected, strict=True), *zip(result["in_pairs"], expected, strict=True)]:
         assert [r["label"] for r in got] == [r["label"] for r in want]
         assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], abs=1e-5)
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [row["scores"] for row in written] == result["records"]  # the CLI and the classifier agree
+
+
+def test_int8_agrees_with_float32_on_a_real_trained_model(mvsa_single_dir, tmp_path):
+    """The main job's towers (MiniLM-L6, EfficientNet-Lite0) and fusion, trained briefly on real MVSA-Single posts:
+    dynamic int8 predicts the float32 label on at least 97% of a fixed sample of 200 test posts."""
+    import train_hf
+    from mmsa.data import load_mvsa
+    from mmsa.onnx_runtime import OnnxSentimentClassifier
+
+    root = Path(__file__).resolve().parents[1]
+    train_hf.main(
+        [
+            str(root / "configs" / "offline_minilm_effnet.yaml"),
+            "--text_model_name_or_path", str(root / "backbones" / "text"),
+            "--vision_model_name_or_path", str(root / "backbones" / "vision"),
+            "--dataset_name_or_path", str(mvsa_single_dir),
+            "--output_dir", str(tmp_path / "run"),
+            "--max_train_samples", "800", "--max_eval_samples", "200", "--num_train_epochs", "4",
+            "--disable_tqdm", "true", "--save_total_limit", "1",
+        ]
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(tmp_path / "run", tmp_path / "onnx", quantize="int8")
+    sample = load_mvsa(mvsa_single_dir)["test"].select(range(200))
+    posts = [{"text": row["text"], "image": row["image"]} for row in sample]
+    labels = {
+        variant: [r[0]["label"] for r in OnnxSentimentClassifier(tmp_path / "onnx", variant=variant)(posts)]
+        for variant in ("float32", "int8")
+    }
+    agreement = np.mean([a == b for a, b in zip(labels["float32"], labels["int8"])])
+    assert agreement >= 0.97, agreement
+    assert len(set(labels["float32"])) > 1  # a trained model, not a constant one
