@@ -25,9 +25,18 @@ METRICS = ("test_accuracy", "test_macro_f1", "test_weighted_f1")
 PUBLISHED = [
     ("Paper: BERT only (bert-base)", "70.5", "", ""),
     ("Paper: ResNet only (ResNet-50)", "65.75", "", ""),
-    ("Paper: ote (BERT + ResNet-50)", "74.5", "73", ""),
-    ("CLMLF (Li et al., 2022)", "75.33", "", "73.46"),
+    ("Paper: ote (BERT + ResNet-50), arXiv 2412.03625", "74.5", "", "73"),
+    ("CLMLF (Li et al., NAACL 2022)", "75.33", "", "73.46"),
+    ("MDSE", "76.22", "", "75.71"),
+    ("Multi-channel multimodal joint learning (Applied AI, 2024)", "76.98", "", "76.23"),
 ]
+"""Published single-split figures on MVSA-Single (accuracy, macro-F1, weighted-F1), from the papers."""
+CROSS_SPLIT = RESULTS / "cross_split"
+CANDIDATES = {
+    "best_offline": "`configs/best_offline.yaml`: MPNet + EfficientNet-Lite2, `naive_combine`",
+    "mpnet_lite2_naive_combine_balanced": "MPNet + EfficientNet-Lite2, `naive_combine`, balanced class weights",
+}
+"""Cross-split rows that are candidates for the best offline model (the others are the paper fusions)."""
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -51,8 +60,67 @@ def sweep_runs(fusion: str) -> list[dict]:
 
 def all_runs() -> list[tuple[Path, dict]]:
     """Every run file that a README table is made from."""
-    paths = sorted(RESULTS.glob("*_seed*.json")) + sorted(RESULTS.glob("sweep/*/*_seed*.json"))
+    paths = (
+        sorted(RESULTS.glob("*_seed*.json"))
+        + sorted(RESULTS.glob("sweep/*/*_seed*.json"))
+        + sorted(CROSS_SPLIT.glob("*/split*.json"))
+    )
     return [(path, json.loads(path.read_text())) for path in paths]
+
+
+def cross_split_summary() -> dict:
+    """Per cross-split row (`bench/results/cross_split/<name>/`): the figures of its runs, one per split seed."""
+    summary = {}
+    for folder in sorted(p for p in CROSS_SPLIT.glob("*") if p.is_dir()):
+        runs = sorted((json.loads(p.read_text()) for p in folder.glob("split*.json")), key=lambda r: r["split_seed"])
+        if not runs:
+            continue
+        entry = {
+            "split_seeds": [r["split_seed"] for r in runs],
+            "fusion": runs[0]["fusion"],
+            "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in runs],
+            **{key: [100 * r[key] for r in runs] for key in METRICS},
+            "per_class_f1": {
+                label: [100 * r["per_class_f1"][label] for r in runs] for label in runs[0]["per_class_f1"]
+            },
+            "minutes": statistics.mean(r["seconds"] for r in runs) / 60,
+            "command": runs[0]["command"].replace(f"--split_seed {runs[0]['split_seed']}", "--split_seed K"),
+        }
+        summary[folder.name] = entry
+    return summary
+
+
+def best_on_validation(summary: dict, names) -> str | None:
+    """Of `names`, the row with all five splits and the best mean validation macro-F1 (test plays no part)."""
+    complete = [n for n in names if n in summary and len(summary[n]["split_seeds"]) == 5]
+    return max(complete, key=lambda n: statistics.mean(summary[n]["validation_macro_f1"])) if complete else None
+
+
+def cross_split_markdown() -> str:
+    summary = cross_split_summary()
+    best_model = best_on_validation(summary, [*CANDIDATES, *ORDER])
+    best_fusion = best_on_validation(summary, ORDER)
+    lines = [
+        "| model | splits | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 "
+        "| test F1 neg / neu / pos | minutes per run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = [n for n in CANDIDATES if n in summary] + [n for n in ORDER if n in summary]
+    names += sorted(set(summary) - set(names))
+    for name in names:
+        entry = summary[name]
+        label = CANDIDATES.get(name, f"`{name}` (MiniLM-L6 + EfficientNet-Lite0)")
+        if name in (best_model, best_fusion):
+            label = f"**{label}**"
+        per_class = " / ".join(cell(v) for v in entry["per_class_f1"].values())
+        lines.append(
+            f"| {label} | {len(entry['split_seeds'])} | {cell(entry['validation_macro_f1'])} | "
+            + " | ".join(cell(entry[key]) for key in METRICS)
+            + f" | {per_class} | {entry['minutes']:.1f} |"
+        )
+    for name, accuracy, macro, weighted in PUBLISHED:
+        lines.append(f"| {name} | 1 (published) |  | {accuracy} | {macro} | {weighted} |  |  |")
+    return "\n".join(lines) + "\n"
 
 
 def paper_summary() -> dict:
@@ -167,10 +235,36 @@ def inference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def stages_markdown() -> str:
+    """Milliseconds per post in each stage of the ONNX settings (`stages_ms_per_post` of bench/inference_speed.py)."""
+    data = json.loads((RESULTS / "inference_speed.json").read_text())
+    measured = {name: r["stages_ms_per_post"] for name, r in data["results"].items() if "stages_ms_per_post" in r}
+    if not measured:
+        return "No stage times measured.\n"
+    stages = list(dict.fromkeys(stage for times in measured.values() for stage in times))
+    lines = [
+        "| setting | " + " | ".join(stages) + " | total | posts/s at that total |",
+        "|---" * (len(stages) + 3) + "|",
+    ]
+    for name, times in measured.items():
+        total = sum(times.values())
+        lines.append(
+            f"| {data['settings'][name].get('description', name)} | "
+            + " | ".join(f"{times.get(stage, 0.0):.2f}" for stage in stages)
+            + f" | {total:.2f} | {1000 / total:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def tables(readme_text: str = "") -> dict[str, str]:
     """Every table: the paper table, the inference table, and a sweep table for each sweep folder and each sweep the
     README has markers for (a marked sweep without runs renders as such, never as stale text)."""
-    rendered = {"paper": paper_table_markdown(), "inference": inference_markdown()}
+    rendered = {
+        "cross_split": cross_split_markdown(),
+        "paper": paper_table_markdown(),
+        "inference": inference_markdown(),
+        "inference_stages": stages_markdown(),
+    }
     sweeps = {folder.name for folder in (RESULTS / "sweep").glob("*") if folder.is_dir()}
     sweeps |= set(re.findall(r"<!-- table:sweep:([\w-]+) -->", readme_text))
     for fusion in sorted(sweeps):

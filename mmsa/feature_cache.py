@@ -34,6 +34,10 @@ from .processing_mmsa import IMAGE_LOADER_VERSION, load_rgb_image
 
 logger = logging.getLogger(__name__)
 
+FEATURE_VERSION = 2
+"""Bumped whenever the cached features of a post can change (2: per-post shards, full fixed-shape batches, texts
+padded to the maximum length); recorded in the behaviour probe of every benchmark run."""
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MMSA_CACHE", Path.home() / ".cache" / "mmsa")) / "features"

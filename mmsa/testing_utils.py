@@ -3,6 +3,7 @@
 from transformers import BertTokenizer
 
 from .configuration_mmsa import MmsaConfig
+from .feature_cache import FEATURE_VERSION
 from .modeling_mmsa import MmsaForSequenceClassification
 from .processing_mmsa import MmsaProcessor
 
@@ -169,6 +170,7 @@ def behaviour_probe(seed: int = 0) -> dict:
             probe[fusion] = [round(float(v), 6) for v in torch.cat([before.flatten(), after.flatten()])]
             probe[f"{fusion}_parameter_order"] = parameter_order(model)
         probe["pixels"] = [round(float(v), 6) for v in inputs["pixel_values"].mean(dim=(2, 3)).flatten()]
+    probe["features"] = [FEATURE_VERSION]  # how frozen towers' features are computed and cached
     return probe
 
 
@@ -183,8 +185,9 @@ def parameter_order(model) -> list[int]:
 
 
 def probe_keys(fusion: str) -> list[str]:
-    """The `behaviour_probe` entries that determine a run of `fusion`: its logits, its parameter order, the pixels."""
-    return [fusion, f"{fusion}_parameter_order", "pixels"]
+    """The `behaviour_probe` entries that determine a run of `fusion`: its logits, its parameter order, the pixels and
+    the version of the cached features."""
+    return [fusion, f"{fusion}_parameter_order", "pixels", "features"]
 
 
 def probes_match(a: dict, b: dict, tolerance: float = 1e-4, keys=None) -> bool:

@@ -64,3 +64,40 @@ def test_clean_room_remote_code_load(tmp_path):
     assert all(torch.equal(batch[k], result["batch"][k]) for k in batch)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, result["logits"])
+
+
+def test_an_mpnet_text_tower_loads_by_remote_code_too(tmp_path):
+    """The best offline model's text tower is an MPNet (`configs/best_offline.yaml`): the saved folder loads in-library
+    and by remote code alike (a tiny random MPNet here, of the real architecture)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, MPNetConfig, MPNetModel
+
+    from mmsa import MmsaForSequenceClassification, MmsaProcessor
+    from mmsa.testing_utils import tiny_tokenizer, write_tiny_towers
+
+    _, vision = write_tiny_towers(tmp_path / "towers")
+    tokenizer = tiny_tokenizer()
+    config = MPNetConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=66,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    MPNetModel(config).save_pretrained(tmp_path / "mpnet")
+    tokenizer.save_pretrained(tmp_path / "mpnet")
+    model = MmsaForSequenceClassification.from_text_vision_pretrained(
+        str(tmp_path / "mpnet"), str(vision), fusion="naive_combine", text_pooling="mean", fusion_hidden_size=16
+    ).eval()
+    processor = MmsaProcessor.from_model_config(model.config, AutoTokenizer.from_pretrained(tmp_path / "mpnet"))
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    assert AutoModelForSequenceClassification.from_pretrained(folder).config.text_config.model_type == "mpnet"
+    run = subprocess.run(
+        [sys.executable, "-c", CLEAN_ROOM, str(folder), str(tmp_path / "result.pt")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = torch.load(tmp_path / "result.pt")
+    images = [Image.new("RGBA", (70, 50), (200, 10, 10, 255)), Image.new("L", (30, 90), 40)]
+    with torch.no_grad():
+        expected = model(**processor(text=["i love this so much", "awful"], images=images)).logits
+    assert torch.equal(expected, result["logits"])
