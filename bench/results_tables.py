@@ -256,6 +256,24 @@ def stages_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def text_tower_speed_markdown() -> str:
+    path = RESULTS / "text_tower_speed.json"
+    if not path.is_file():
+        return "Not measured yet.\n"
+    data = json.loads(path.read_text())
+    lines = [
+        "| towers | text layers trained | seconds per step | seconds per epoch (226 steps) |",
+        "|---|---|---|---|",
+    ]
+    for row in data["results"]:
+        lines.append(
+            f"| {row['towers']} | {row['trained_text_layers']} | {row['seconds_per_step']:.2f} | "
+            f"{row['seconds_per_epoch']:.0f} |"
+        )
+    note = data.get("note")
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
 def tables(readme_text: str = "") -> dict[str, str]:
     """Every table: the paper table, the inference table, and a sweep table for each sweep folder and each sweep the
     README has markers for (a marked sweep without runs renders as such, never as stale text)."""
@@ -264,6 +282,7 @@ def tables(readme_text: str = "") -> dict[str, str]:
         "paper": paper_table_markdown(),
         "inference": inference_markdown(),
         "inference_stages": stages_markdown(),
+        "text_tower_speed": text_tower_speed_markdown(),
     }
     sweeps = {folder.name for folder in (RESULTS / "sweep").glob("*") if folder.is_dir()}
     sweeps |= set(re.findall(r"<!-- table:sweep:([\w-]+) -->", readme_text))
