@@ -112,15 +112,20 @@ def cross_split_markdown() -> str:
         label = CANDIDATES.get(name, f"`{name}` (MiniLM-L6 + EfficientNet-Lite0)")
         if name in (best_model, best_fusion):
             label = f"**{label}**"
-        per_class = " / ".join(cell(v) for v in entry["per_class_f1"].values())
-        lines.append(
-            f"| {label} | {len(entry['split_seeds'])} | {cell(entry['validation_macro_f1'])} | "
-            + " | ".join(cell(entry[key]) for key in METRICS)
-            + f" | {per_class} | {entry['minutes']:.1f} |"
-        )
+        lines.append(table_row(label, len(entry["split_seeds"]), entry))
     for name, accuracy, macro, weighted in PUBLISHED:
         lines.append(f"| {name} | 1 (published) |  | {accuracy} | {macro} | {weighted} |  |  |")
     return "\n".join(lines) + "\n"
+
+
+def table_row(label: str, runs: int, entry: dict) -> str:
+    """One row of a results table: runs, validation macro-F1, the test metrics, per-class F1, minutes per run."""
+    per_class = " / ".join(cell(v) for v in entry["per_class_f1"].values())
+    return (
+        f"| {label} | {runs} | {cell(entry['validation_macro_f1'])} | "
+        + " | ".join(cell(entry[key]) for key in METRICS)
+        + f" | {per_class} | {entry['minutes']:.1f} |"
+    )
 
 
 def paper_summary() -> dict:
@@ -144,15 +149,9 @@ def paper_summary() -> dict:
     return summary
 
 
-def selected_fusion(summary: dict) -> str | None:
-    """The fusion with the best mean validation macro-F1 (test figures play no part)."""
-    complete = {f: e for f, e in summary.items() if len(e["seeds"]) == max(len(e["seeds"]) for e in summary.values())}
-    return max(complete, key=lambda f: mean_std(complete[f]["validation_macro_f1"])[0]) if complete else None
-
-
 def paper_table_markdown() -> str:
     summary = paper_summary()
-    best = selected_fusion(summary)
+    best = best_on_validation(cross_split_summary(), ORDER)  # the main job's fusion, chosen across the five splits
     lines = [
         "| model | seeds | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 | test F1 neg / neu / pos "
         "| minutes per run |",
@@ -160,13 +159,7 @@ def paper_table_markdown() -> str:
     ]
     for fusion, entry in summary.items():
         name = f"**`{fusion}`**" if fusion == best else f"`{fusion}`"
-        per_class = " / ".join(f"{mean_std(v)[0]:.1f}" for v in entry["per_class_f1"].values())
-        lines.append(
-            f"| {name} (MiniLM-L6 + EfficientNet-Lite0) | {len(entry['seeds'])} | "
-            f"{cell(entry['validation_macro_f1'])} | "
-            + " | ".join(cell(entry[k]) for k in METRICS)
-            + f" | {per_class} | {entry['minutes']:.1f} |"
-        )
+        lines.append(table_row(f"{name} (MiniLM-L6 + EfficientNet-Lite0)", len(entry["seeds"]), entry))
     for name, accuracy, macro, weighted in PUBLISHED:
         lines.append(f"| {name} | published |  | {accuracy} | {macro} | {weighted} |  |  |")
     return "\n".join(lines) + "\n"

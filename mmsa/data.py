@@ -429,32 +429,18 @@ def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path,
     A non-empty `output_dir` is refused unless `overwrite`; then the new dataset is written to a temporary folder
     beside it and swapped in only once complete, so a failed save leaves the old dataset as it was.
     """
-    import shutil
-    import tempfile
-
     from .dataset_card import mvsa_dataset_card
+    from .file_utils import atomic_folder
 
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} is not empty: choose an empty folder, or pass --overwrite to replace it")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_folder(output_dir) as staging:
         dataset.save_to_disk(str(staging))
         (staging / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
         mvsa_dataset_card(dataset, report).save(staging / "README.md")
-        if output_dir.exists():
-            retired = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-            output_dir.rename(retired)
-            staging.rename(output_dir)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 

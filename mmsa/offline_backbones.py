@@ -23,13 +23,9 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, TimmWrapperConfig, TimmWrapperModel
 
+from .file_utils import atomic_folder
 from .model_card import BACKBONE_INFO_FILE
 
 
@@ -224,25 +221,6 @@ def convert_efficientnet_lite(checkpoint: Path, architecture: str) -> TimmWrappe
 
 def convert_efficientnet_lite0(checkpoint: Path) -> TimmWrapperModel:
     return convert_efficientnet_lite(checkpoint, VISION_ARCHITECTURE)
-
-
-@contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder next to `target` that replaces it only when the block finishes without error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    partial.chmod(0o755)  # mkdtemp makes it private
-    try:
-        yield partial
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            partial.rename(target)
-            shutil.rmtree(old)
-        else:
-            partial.rename(target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _write_info(folder: Path, hub_id: str, source: str) -> None:

@@ -217,8 +217,9 @@ def test_an_onnx_folder_runs_without_torch(tiny_run, tmp_path):
 
 
 def test_int8_agrees_with_float32_on_a_real_trained_model(mvsa_single_dir, tmp_path):
-    """The main job's towers (MiniLM-L6, EfficientNet-Lite0) and fusion, trained briefly on real MVSA-Single posts:
-    dynamic int8 predicts the float32 label on at least 97% of a fixed sample of 200 test posts."""
+    """The main job's towers (MiniLM-L6, EfficientNet-Lite0) with `cmac`, trained for three epochs on the real
+    MVSA-Single train split: dynamic int8 predicts the float32 label on at least 97% of a fixed sample of 200 test
+    posts (measured: 99.0%, and 98.7% on all 452; a model trained on 800 posts only agreed on 96.0%)."""
     import train_hf
     from mmsa.data import load_mvsa
     from mmsa.onnx_runtime import OnnxSentimentClassifier
@@ -231,7 +232,7 @@ def test_int8_agrees_with_float32_on_a_real_trained_model(mvsa_single_dir, tmp_p
             "--vision_model_name_or_path", str(root / "backbones" / "vision"),
             "--dataset_name_or_path", str(mvsa_single_dir),
             "--output_dir", str(tmp_path / "run"),
-            "--max_train_samples", "800", "--max_eval_samples", "200", "--num_train_epochs", "4",
+            "--fusion", "cmac", "--max_eval_samples", "200", "--num_train_epochs", "3",
             "--disable_tqdm", "true", "--save_total_limit", "1",
         ]
     )  # fmt: skip
