@@ -35,6 +35,8 @@ CROSS_SPLIT = RESULTS / "cross_split"
 CANDIDATES = {
     "best_offline": "`configs/best_offline.yaml`: MPNet + EfficientNet-Lite2, `naive_combine`",
     "mpnet_lite2_naive_combine_balanced": "MPNet + EfficientNet-Lite2, `naive_combine`, balanced class weights",
+    "minilm_top2_naive_combine": "MiniLM-L6 with its top 2 layers trained (5 epochs) + EfficientNet-Lite0, "
+    "`naive_combine`",
 }
 """Cross-split rows that are candidates for the best offline model (the others are the paper fusions)."""
 
