@@ -303,16 +303,26 @@ def load_explainer(model: str):
 
 
 def save_explanation(explanation, path: Path) -> None:
-    """`.html` (a page with the figure inline), `.png` (the side-by-side figure) or `.json` (the numbers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".html":
-        path.write_text(f"<!doctype html>\n<meta charset='utf-8'>\n{explanation.to_html()}\n", encoding="utf-8")
-    elif path.suffix == ".png":
-        explanation.save_png(path)
-    elif path.suffix == ".json":
-        path.write_text(json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    else:
+    """`.html` (a page with the figure inline), `.png` (the side-by-side figure) or `.json` (the numbers), written
+    to a temporary file beside `path` and renamed into place, so an interrupted run leaves no partial figure."""
+    if path.suffix not in (".html", ".png", ".json"):
         raise ValueError(f"--output {path}: the file name must end in .html, .png or .json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    partial = Path(partial)
+    try:
+        if path.suffix == ".html":
+            partial.write_text(f"<!doctype html>\n<meta charset='utf-8'>\n{explanation.to_html()}\n", encoding="utf-8")
+        elif path.suffix == ".png":
+            explanation.save_png(partial)
+        else:
+            partial.write_text(
+                json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+            )
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def explain_file(
