@@ -65,3 +65,14 @@ def tiny_run(tmp_path_factory) -> Path:
         ]
     )
     return output_dir
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Puts torch's thread count back after each test: `train_hf.main` sets the run's count (`cpu_threads`), and
+    the behaviour probe of `tests/test_results_tables.py` is compared at the count a session starts with."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
