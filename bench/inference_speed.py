@@ -203,9 +203,9 @@ def measure_onnx(onnx_dir: str, posts: list, setting: dict, batch_size: int) -> 
         sys.modules[name] = None
     from mmsa.onnx_runtime import OnnxSentimentClassifier
 
-    files = {"float32": "model.onnx", "int8": "model_int8.onnx"}
     classifier = OnnxSentimentClassifier(onnx_dir, variant=setting["variant"], fast_decode=setting.get("fast_decode"))
-    result = {"rss_after_load_mb": peak_rss_mb(), "model_mb": folder_mb(onnx_dir, files[setting["variant"]])}
+    model_file = classifier.model.manifest["files"][setting["variant"]]  # the export's own record of its files
+    result = {"rss_after_load_mb": peak_rss_mb(), "model_mb": folder_mb(onnx_dir, model_file)}
 
     def direct():
         predictions = []
@@ -219,9 +219,7 @@ def measure_onnx(onnx_dir: str, posts: list, setting: dict, batch_size: int) -> 
     result["direct_posts_per_s"] = len(posts) / seconds
     through_pipeline(classifier, posts, batch_size, classifier.model.config, result)
     result["peak_rss_mb"] = peak_rss_mb()
-    result["stages_ms_per_post"] = stage_times(
-        classifier, Path(onnx_dir) / files[setting["variant"]], posts, batch_size
-    )
+    result["stages_ms_per_post"] = stage_times(classifier, Path(onnx_dir) / model_file, posts, batch_size)
     return result
 
 
