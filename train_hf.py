@@ -37,6 +37,7 @@ from mmsa import FUSION_NEEDS, MmsaConfig
 from mmsa.configuration_mmsa import SENTIMENT_LABELS
 from mmsa.data import load_mvsa
 from mmsa.feature_cache import cache_image_features, cache_text_features
+from mmsa.hp_search import default_hp_space, search_hyperparameters, split_hyperparameters
 from mmsa.pipeline_mmsa import save_for_pipeline
 from mmsa.training import (
     MmsaDataCollator,
@@ -49,6 +50,7 @@ from mmsa.training import (
     class_weights_from,
     cores_per_process,
     fingerprint_mismatch,
+    format_config_overrides,
     make_transform,
     parse_config_overrides,
     run_fingerprint,
@@ -170,6 +172,13 @@ class MmsaTrainingArguments(TrainingArguments):
             "checkpoint of another run (other dataset, split or model arguments)."
         },
     )
+    hp_search_trials: int = field(
+        default=0,
+        metadata={
+            "help": "Before training, search hyperparameters on the validation split with this many Optuna trials "
+            "(mmsa.hp_search.default_hp_space; 0: no search), then train with the best trial's values."
+        },
+    )
     cpu_threads: int | None = field(
         default=None,
         metadata={
@@ -241,6 +250,71 @@ def build_model(model_args, data_args, class_weights=None):
         max_text_length=data_args.max_text_length,
         model_name_or_path=model_args.model_name_or_path,
     )
+
+
+def trainer_arguments(model_args, processor, id2label) -> dict:
+    """What the search trainer and the run's trainer share: processor, collator, metrics and group learning rates."""
+    return {
+        "processing_class": processor,
+        "data_collator": MmsaDataCollator(processor),
+        "compute_metrics": build_compute_metrics(id2label),
+        "learning_rates": {
+            "text": model_args.text_learning_rate,
+            "vision": model_args.vision_learning_rate,
+            "head": model_args.head_learning_rate,
+        },
+        "layerwise_lr_decay": model_args.layerwise_lr_decay,
+    }
+
+
+def search_hyperparameters_for(
+    model_args, data_args, training_args, config_overrides, class_weights, shared, prepared
+):
+    """`--hp_search_trials N`: N Optuna trials on the validation split (no checkpoints; each trial scored by its best
+    validation `metric_for_best_model`), written to `OUTPUT_DIR/hp_search.json`; the best trial's values are then set
+    on the arguments (and `config_overrides`) and the model of the final run is built with them."""
+    if training_args.world_size > 1:
+        raise ValueError("--hp_search_trials runs in one process: launch it without several processes.")
+    search_args = dataclasses.replace(
+        training_args,
+        output_dir=str(Path(training_args.output_dir) / "hp_search"),
+        save_strategy="no",
+        load_best_model_at_end=False,
+        hp_search_trials=0,
+    )
+
+    def model_init(trial=None):
+        params = default_hp_space(trial) if trial is not None else {}
+        fields = split_hyperparameters(params, training_args)[2]
+        trial_args = dataclasses.replace(
+            model_args, config_overrides=format_config_overrides({**config_overrides, **fields})
+        )
+        return build_model(trial_args, data_args, class_weights)[0]
+
+    trainer = MmsaTrainer(
+        model_init=model_init,
+        args=search_args,
+        train_dataset=prepared("train", training=True),
+        eval_dataset=prepared("validation", training=False),
+        **shared,
+    )
+    logger.info("Searching hyperparameters: %d trials on the validation split", training_args.hp_search_trials)
+    best, _, _ = search_hyperparameters(
+        trainer,
+        training_args.hp_search_trials,
+        seed=training_args.seed,
+        output_file=Path(training_args.output_dir) / "hp_search.json",
+    )
+    shutil.rmtree(search_args.output_dir, ignore_errors=True)  # the trials' scratch folder (no checkpoints are kept)
+    training, rates, fields = split_hyperparameters(best, training_args)
+    for key, value in training.items():
+        setattr(training_args, key, type(getattr(training_args, key))(value))
+    for key, value in rates.items():
+        setattr(model_args, key, value)
+    config_overrides.update(fields)
+    model_args.config_overrides = format_config_overrides(config_overrides)
+    set_seed(training_args.seed)
+    return build_model(model_args, data_args, class_weights)
 
 
 def setup_logging(training_args) -> None:
@@ -381,6 +455,19 @@ def main(argv=None):
             )
         )
 
+    if training_args.do_train and training_args.hp_search_trials > 0:
+        model, processor = search_hyperparameters_for(
+            model_args,
+            data_args,
+            training_args,
+            config_overrides,
+            class_weights,
+            trainer_arguments(model_args, processor, config.id2label),
+            prepared,
+        )
+        config = model.config
+        recorded_model_args = {**dataclasses.asdict(model_args), "config_overrides": config_overrides}
+
     run_info = RunInfoCallback(recorded_model_args, recorded_data_args, source, dataset, SENTIMENT_LABELS)
     callbacks = [RunFingerprintCallback(fingerprint), run_info]
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
@@ -391,16 +478,8 @@ def main(argv=None):
         args=training_args,
         train_dataset=prepared("train", training=True) if training_args.do_train else None,
         eval_dataset=prepared("validation", training=False) if training_args.do_eval else None,
-        processing_class=processor,
-        data_collator=MmsaDataCollator(processor),
-        compute_metrics=build_compute_metrics(config.id2label),
         callbacks=callbacks,
-        learning_rates={
-            "text": model_args.text_learning_rate,
-            "vision": model_args.vision_learning_rate,
-            "head": model_args.head_learning_rate,
-        },
-        layerwise_lr_decay=model_args.layerwise_lr_decay,
+        **trainer_arguments(model_args, processor, config.id2label),
     )
 
     if training_args.do_train:

@@ -33,6 +33,12 @@ def provenance() -> dict:
     return {"mmsa_version": mmsa.__version__, "behaviour_probe": behaviour_probe()}
 
 
+def search_summary(output_dir: Path) -> dict:
+    """What a run's hyperparameter search (`--hp_search_trials`) chose, and on which validation score."""
+    record = json.loads((output_dir / "hp_search.json").read_text())
+    return {key: record[key] for key in ("n_trials", "best_trial", "best_objective", "best_hyperparameters")}
+
+
 def run(
     fusion: str | None,
     seed: int,
@@ -74,6 +80,7 @@ def run(
         "epochs_run": state["epoch"],
         "seconds": round(time.perf_counter() - start, 1),
         "command": " ".join(["accelerate", "launch", "train_hf.py", *arguments]),
+        **({"hp_search": search_summary(output_dir)} if (output_dir / "hp_search.json").exists() else {}),
         "git_commit": info.get("git_commit"),
         "torch_threads": info.get("torch_threads"),
         **(probe or provenance()),

@@ -204,6 +204,23 @@ def verify_cache_file(path: Path) -> str | None:
     return None
 
 
+_verified_shards: set[tuple[str, int, int, int]] = set()
+"""Shards whose checksums this process has verified, by path, inode, size and modification time: a shard is read for
+every split of a run (and every trial of a search), but hashed once unless it changes."""
+
+
+def verify_shard_once(path: Path) -> str | None:
+    """`verify_cache_file`, skipped for a shard this process already found intact and that has not changed since."""
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _verified_shards:
+        return None
+    problem = verify_cache_file(path)
+    if problem is None:
+        _verified_shards.add(key)
+    return problem
+
+
 def _shard_keys(path: Path) -> tuple[list[str], bool]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
@@ -225,7 +242,7 @@ def _cached(store: Path, keys: list[str], compute, kind: str, with_tokens: bool)
         if problem is None:
             if not any(key in wanted and key not in where for key in shard_keys):
                 continue
-            problem = verify_cache_file(path)
+            problem = verify_shard_once(path)
         if problem is not None:
             logger.warning(
                 "Cached %s features %s are damaged (%s): deleting and recomputing them.", kind, path, problem

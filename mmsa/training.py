@@ -151,6 +151,51 @@ class MmsaTrainer(Trainer):
             )
         return self.optimizer
 
+    def _clip_grad_norm(self, model):
+        """Clips over the parameters that train: frozen tower parameters hold no gradient, so the norm is the same,
+        without walking the towers' modules at every step (a large part of a step on cached features)."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type not in (
+            DistributedType.NO,
+            DistributedType.MULTI_CPU,
+            DistributedType.MULTI_GPU,
+        ) or self._has_mixed_mesh_grads(model):
+            return super()._clip_grad_norm(model)
+        cached = getattr(self, "_trained_parameters", None)
+        if cached is None or cached[0] is not model:
+            cached = self._trained_parameters = (model, [p for p in model.parameters() if p.requires_grad])
+        return self.accelerator.clip_grad_norm_(cached[1], self.args.max_grad_norm)
+
+    # --- hyperparameter search (mmsa.hp_search) -------------------------------------------------------------------
+
+    def _hp_search_setup(self, trial):
+        """The `Trainer` sets a trial's `TrainingArguments` fields; the group learning rates are set here (and the
+        `MmsaConfig` fields by `model_init`), so the `Trainer` sees only its own fields."""
+        if self.hp_search_backend is None or trial is None:
+            return super()._hp_search_setup(trial)
+        from .hp_search import GROUP_LEARNING_RATES
+
+        space = self.hp_space
+        params = space(trial)
+        self.hp_space = lambda t: {key: value for key, value in space(t).items() if hasattr(self.args, key)}
+        try:
+            super()._hp_search_setup(trial)
+        finally:
+            self.hp_space = space
+        for key, group in GROUP_LEARNING_RATES.items():
+            if key in params:
+                self.learning_rates[group] = params[key]
+
+    def _report_to_hp_search(self, trial, step, metrics):
+        """A trial's objective is the best validation score it reached (the checkpoint a run would keep), not its
+        last one."""
+        previous = getattr(self, "objective", None)
+        super()._report_to_hp_search(trial, step, metrics)
+        if previous is not None and self.objective is not None:
+            better = max if self.args.greater_is_better is not False else min
+            self.objective = better(previous, self.objective)
+
 
 def build_compute_metrics(id2label: dict[int, str]):
     """`compute_metrics` for the Trainer, through the local `evaluate` module."""
@@ -228,6 +273,13 @@ def parse_config_overrides(overrides: str | None) -> dict:
                 setattr(probe, name, kinds[0]())
     probe.update_from_string(overrides)
     return {name: getattr(probe, name) for name in names}
+
+
+def format_config_overrides(overrides: dict) -> str:
+    """The inverse of `parse_config_overrides`: `{"fusion_hidden_size": 128}` -> `"fusion_hidden_size=128"`."""
+    return ",".join(
+        f"{name}={str(value).lower() if isinstance(value, bool) else value}" for name, value in overrides.items()
+    )
 
 
 def class_weights_from(option: str | None, train_labels, num_labels: int) -> list[float] | None:

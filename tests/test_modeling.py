@@ -126,7 +126,13 @@ def test_frozen_towers_get_no_gradient_and_keep_eval_mode(which):
     tower = model.mmsa.text_model if which == "text" else model.mmsa.vision_model
     other = model.mmsa.vision_model if which == "text" else model.mmsa.text_model
     model.train()
-    assert not tower.training and other.training
+    assert not any(m.training for m in tower.modules()) and all(m.training for m in other.modules())
+    tower.train()  # a frozen tower switched to training by hand goes back to eval with the model's next train()
+    model.train()
+    assert not any(m.training for m in tower.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
     before = {n: t.clone() for n, t in tower.state_dict().items()}
     out = model(**padded_batch(processor, 64), labels=torch.tensor([0, 1]))
     out.loss.backward()

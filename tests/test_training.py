@@ -585,6 +585,24 @@ def test_a_damaged_feature_cache_file_is_named_deleted_and_recomputed(assets, tm
     assert feature_cache.verify_cache_file(shard) is None
 
 
+def test_an_intact_shard_is_hashed_once_per_process_until_it_changes(assets, tmp_path, monkeypatch):
+    model_args, data_args, _ = train_hf.parse_args(
+        tiny_args(assets, tmp_path / "run", "--fusion", "ote", "--freeze_vision_backbone", "true")
+    )
+    model, processor = train_hf.build_model(model_args, data_args)
+    split = build_mvsa(assets["raw"], num_proc=1)["validation"]
+    (shard,) = cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path).shards
+    hashed = []
+    monkeypatch.setattr(feature_cache, "verify_cache_file", lambda path: hashed.append(path) or None)
+    for _ in range(3):  # three splits of one run read the same shard
+        cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path)
+    assert hashed == [shard]
+    shard.write_bytes(shard.read_bytes())  # rewritten: verified again
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1_000_000))
+    cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path)
+    assert hashed == [shard, shard]
+
+
 def test_one_class_training_data_is_warned_about_or_refused(tmp_path, assets, caplog):
     one_class = write_fake_mvsa(tmp_path / "raw", {i: ("positive,positive", f"i love this {i}") for i in range(1, 21)})
     args = [
@@ -660,3 +678,64 @@ def test_evaluate_only_with_do_train_false(tiny_run, tmp_path):
     ).read_text()
     with pytest.raises(ValueError, match="--model_name_or_path"):
         train_hf.main(["--do_train", "false", "--dataset_name_or_path", dataset, "--output_dir", str(tmp_path / "x")])
+
+
+def test_hyperparameter_search_trains_the_final_run_with_the_best_validation_trial(assets, tmp_path):
+    output_dir = tmp_path / "run"
+    args = tiny_args(assets, output_dir, "--fusion", "naive_combine", "--freeze_text_backbone", "true")
+    train_hf.main(args + ["--freeze_vision_backbone", "true", "--hp_search_trials", "3", "--do_predict", "false"])
+    record = json.loads((output_dir / "hp_search.json").read_text())
+    trials = record["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2] and record["metric"] == "eval_macro_f1"
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert record["best_objective"] == max(t["objective"] for t in complete)
+    best = record["best_hyperparameters"]
+    assert best == trials[record["best_trial"]]["params"]
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3  # the sampler proposed three settings
+    # The final run was built and trained with the best trial's values, wherever each one belongs.
+    config = json.loads((output_dir / "config.json").read_text())
+    assert {k: config[k] for k in ("fusion_hidden_size", "projection_dropout", "classifier_dropout")} == {
+        k: best[k] for k in ("fusion_hidden_size", "projection_dropout", "classifier_dropout")
+    }
+    run_info = json.loads((output_dir / "run_info.json").read_text())
+    assert run_info["model_args"]["head_learning_rate"] == best["head_learning_rate"]
+    training = run_info["training_args"]
+    assert training["num_train_epochs"] == best["num_train_epochs"]
+    assert training["weight_decay"] == best["weight_decay"]
+    assert training["per_device_train_batch_size"] == best["per_device_train_batch_size"]
+    assert not (output_dir / "hp_search").exists()  # trials keep no checkpoints
+
+
+def test_a_search_trial_is_scored_by_its_best_evaluation_not_its_last():
+    import optuna
+    from transformers.trainer_utils import HPSearchBackend
+
+    trainer = MmsaTrainer.__new__(MmsaTrainer)  # only the reporting path is exercised
+    trainer.args = train_hf.MmsaTrainingArguments(output_dir="unused")
+    trainer.hp_search_backend = HPSearchBackend.OPTUNA
+    trainer.compute_objective = lambda metrics: metrics["eval_macro_f1"]
+    trainer.objective = None
+    trial = optuna.create_study(direction="maximize").ask()
+    for step, score in enumerate([0.5, 0.7, 0.6], start=1):
+        trainer._report_to_hp_search(trial, step, {"eval_macro_f1": score})
+    assert trainer.objective == 0.7
+    trainer.args.greater_is_better, trainer.objective = False, None
+    for step, score in enumerate([0.5, 0.3, 0.4], start=1):
+        trainer._report_to_hp_search(trial, 10 + step, {"eval_macro_f1": score})
+    assert trainer.objective == 0.3
+
+
+def test_a_search_space_name_that_belongs_nowhere_is_refused():
+    from mmsa.hp_search import split_hyperparameters
+
+    args = train_hf.MmsaTrainingArguments(output_dir="unused")
+    training, rates, config = split_hyperparameters(
+        {"num_train_epochs": 3, "head_learning_rate": 1e-3, "fusion_hidden_size": 32}, args
+    )
+    assert (training, rates, config) == (
+        {"num_train_epochs": 3},
+        {"head_learning_rate": 1e-3},
+        {"fusion_hidden_size": 32},
+    )
+    with pytest.raises(ValueError, match="'fusion_width' is neither a TrainingArguments field"):
+        split_hyperparameters({"fusion_width": 32}, args)
