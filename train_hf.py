@@ -179,6 +179,14 @@ class MmsaTrainingArguments(TrainingArguments):
             "(mmsa.hp_search.default_hp_space; 0: no search), then train with the best trial's values."
         },
     )
+    hp_search_holdout: float = field(
+        default=0.2,
+        metadata={
+            "help": "Fraction of the training split (stratified, drawn with --seed) that search trials train without "
+            "and are scored on, so that the validation split plays no part in the search and stays a fair yardstick "
+            "for early stopping and for comparing runs (0: score the trials on the validation split)."
+        },
+    )
     cpu_threads: int | None = field(
         default=None,
         metadata={
@@ -270,11 +278,26 @@ def trainer_arguments(model_args, processor, id2label) -> dict:
 def search_hyperparameters_for(
     model_args, data_args, training_args, config_overrides, class_weights, shared, prepared
 ):
-    """`--hp_search_trials N`: N Optuna trials on the validation split (no checkpoints; each trial scored by its best
-    validation `metric_for_best_model`), written to `OUTPUT_DIR/hp_search.json`; the best trial's values are then set
-    on the arguments (and `config_overrides`) and the model of the final run is built with them."""
+    """`--hp_search_trials N`: N Optuna trials (no checkpoints; each scored by the best `metric_for_best_model` it
+    reached on a held-out part of the training split, or on the validation split with `--hp_search_holdout 0`),
+    written to `OUTPUT_DIR/hp_search.json`; the best trial's values are then set on the arguments (and
+    `config_overrides`) and the model of the final run is built with them and trained on the whole training split."""
     if training_args.world_size > 1:
         raise ValueError("--hp_search_trials runs in one process: launch it without several processes.")
+    holdout = training_args.hp_search_holdout
+    if not 0 <= holdout < 1:
+        raise ValueError(f"--hp_search_holdout must be in [0, 1), got {holdout}.")
+    if holdout:
+        train = prepared("train", training=False).with_format(None).select_columns(["label"])
+        numbered = train.add_column("row", list(range(len(train))))
+        parts = numbered.train_test_split(test_size=holdout, stratify_by_column="label", seed=training_args.seed)
+        fit_rows, score_rows = sorted(parts["train"]["row"]), sorted(parts["test"]["row"])
+        search_train = prepared("train", training=True, rows=fit_rows)
+        search_eval = prepared("train", training=False, rows=score_rows)
+        scored_on = f"{len(score_rows)} posts held out of the training split ({holdout:g}, stratified)"
+    else:
+        search_train, search_eval = prepared("train", training=True), prepared("validation", training=False)
+        scored_on = f"the validation split ({len(search_eval)} posts)"
     search_args = dataclasses.replace(
         training_args,
         output_dir=str(Path(training_args.output_dir) / "hp_search"),
@@ -294,16 +317,17 @@ def search_hyperparameters_for(
     trainer = MmsaTrainer(
         model_init=model_init,
         args=search_args,
-        train_dataset=prepared("train", training=True),
-        eval_dataset=prepared("validation", training=False),
+        train_dataset=search_train,
+        eval_dataset=search_eval,
         **shared,
     )
-    logger.info("Searching hyperparameters: %d trials on the validation split", training_args.hp_search_trials)
+    logger.info("Searching hyperparameters: %d trials, scored on %s", training_args.hp_search_trials, scored_on)
     best, _, _ = search_hyperparameters(
         trainer,
         training_args.hp_search_trials,
         seed=training_args.seed,
         output_file=Path(training_args.output_dir) / "hp_search.json",
+        scored_on=scored_on,
     )
     shutil.rmtree(search_args.output_dir, ignore_errors=True)  # the trials' scratch folder (no checkpoints are kept)
     training, rates, fields = split_hyperparameters(best, training_args)
@@ -440,8 +464,8 @@ def main(argv=None):
                 dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
         torch.set_num_threads(threads)
 
-    def prepared(name, training):
-        split = dataset[name]
+    def prepared(name, training, rows=None):
+        split = dataset[name] if rows is None else dataset[name].select(rows)
         if "image_cache" in caches[name]:  # the images are never read: do not decode them for each row
             split = split.cast_column("image", datasets.Image(decode=False))
         return split.with_transform(

@@ -1,8 +1,10 @@
-"""Hyperparameter search on the validation split: `Trainer.hyperparameter_search` with Optuna, over cached features.
+"""Hyperparameter search: `Trainer.hyperparameter_search` with Optuna, over cached features.
 
-A trial builds a fresh model (`model_init(trial)`), trains it for the trial's epochs with no checkpoints, and scores
-the best validation `metric_for_best_model` it reached; Optuna's TPE sampler (seeded by `--seed`) proposes the next
-trial and its median pruner stops trials that trail the others at the same step. With frozen, cached towers a trial
+A trial builds a fresh model (`model_init(trial)`), trains it for the trial's epochs with no checkpoints, and is
+scored by the best `metric_for_best_model` it reached on the search's evaluation set (`train_hf.py` holds out part
+of the training split for it, so that the validation split, on which runs are compared, plays no part). Optuna's
+TPE sampler (seeded by `--seed`) proposes the next trial and its median pruner stops trials that trail the others at
+the same step. With frozen, cached towers a trial
 trains only the fusion layers and heads, so a search costs tens of trials of a few seconds to a minute on a CPU.
 
 A search-space parameter is applied where it belongs: a `TrainingArguments` field by the `Trainer` itself, a
@@ -58,9 +60,11 @@ def split_hyperparameters(params: dict, training_args) -> tuple[dict, dict, dict
     return training, rates, config
 
 
-def search_hyperparameters(trainer, n_trials: int, seed: int, hp_space=default_hp_space, output_file=None):
-    """Runs `n_trials` Optuna trials with `trainer` (an `MmsaTrainer` built with `model_init`, evaluating on the
-    validation split) and returns `(best hyperparameters, best objective, trials)`; `trials` lists each trial's
+def search_hyperparameters(
+    trainer, n_trials: int, seed: int, hp_space=default_hp_space, output_file=None, scored_on: str | None = None
+):
+    """Runs `n_trials` Optuna trials with `trainer` (an `MmsaTrainer` built with `model_init`; its eval dataset is
+    what trials are scored on, described by `scored_on`) and returns `(best hyperparameters, best objective, trials)`; `trials` lists each trial's
     number, state, objective and parameters, and is written as JSON to `output_file` when given."""
     import optuna
 
@@ -88,6 +92,7 @@ def search_hyperparameters(trainer, n_trials: int, seed: int, hp_space=default_h
     ]
     record = {
         "metric": key,
+        "scored_on": scored_on,
         "direction": direction,
         "n_trials": n_trials,
         "sampler_seed": seed,

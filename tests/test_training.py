@@ -1,6 +1,7 @@
 """train_hf.py end to end on tiny towers and a generated MVSA release (CPU, seconds per run)."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -680,13 +681,22 @@ def test_evaluate_only_with_do_train_false(tiny_run, tmp_path):
         train_hf.main(["--do_train", "false", "--dataset_name_or_path", dataset, "--output_dir", str(tmp_path / "x")])
 
 
-def test_hyperparameter_search_trains_the_final_run_with_the_best_validation_trial(assets, tmp_path):
+@pytest.mark.parametrize("holdout", ["0.2", "0"])
+def test_hyperparameter_search_trains_the_final_run_with_the_best_trial(assets, tmp_path, holdout):
     output_dir = tmp_path / "run"
     args = tiny_args(assets, output_dir, "--fusion", "naive_combine", "--freeze_text_backbone", "true")
-    train_hf.main(args + ["--freeze_vision_backbone", "true", "--hp_search_trials", "3", "--do_predict", "false"])
+    args += ["--freeze_vision_backbone", "true", "--hp_search_trials", "3", "--hp_search_holdout", holdout]
+    train_hf.main(args + ["--do_predict", "false"])
     record = json.loads((output_dir / "hp_search.json").read_text())
     trials = record["trials"]
     assert [t["number"] for t in trials] == [0, 1, 2] and record["metric"] == "eval_macro_f1"
+    run_info = json.loads((output_dir / "run_info.json").read_text())
+    sizes = {split: sum(counts.values()) for split, counts in run_info["label_counts"].items()}
+    if holdout == "0":
+        assert record["scored_on"] == f"the validation split ({sizes['validation']} posts)"
+    else:  # a stratified fifth of the training split: the validation split plays no part in the search
+        held_out = math.ceil(0.2 * sizes["train"])
+        assert record["scored_on"] == f"{held_out} posts held out of the training split (0.2, stratified)"
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     assert record["best_objective"] == max(t["objective"] for t in complete)
     best = record["best_hyperparameters"]
@@ -697,7 +707,6 @@ def test_hyperparameter_search_trains_the_final_run_with_the_best_validation_tri
     assert {k: config[k] for k in ("fusion_hidden_size", "projection_dropout", "classifier_dropout")} == {
         k: best[k] for k in ("fusion_hidden_size", "projection_dropout", "classifier_dropout")
     }
-    run_info = json.loads((output_dir / "run_info.json").read_text())
     assert run_info["model_args"]["head_learning_rate"] == best["head_learning_rate"]
     training = run_info["training_args"]
     assert training["num_train_epochs"] == best["num_train_epochs"]
