@@ -34,8 +34,10 @@ PUBLISHED = [
 CROSS_SPLIT = RESULTS / "cross_split"
 CANDIDATES = {
     "best_offline": "`configs/best_offline.yaml`: MPNet + EfficientNet-Lite2, `naive_combine`",
-    "best_offline_searched": "MPNet + EfficientNet-Lite2, `naive_combine`, hyperparameters searched on validation "
-    "(`--hp_search_trials 8`)",
+    "best_offline_searched": "MPNet + EfficientNet-Lite2, `naive_combine`, hyperparameters searched "
+    "(`--hp_search_trials 8`, trials scored on 20% of the training split)",
+    "best_offline_searched_on_validation": "MPNet + EfficientNet-Lite2, `naive_combine`, hyperparameters searched "
+    "(`--hp_search_trials 8 --hp_search_holdout 0`, trials scored on the validation split)",
     "mpnet_lite2_naive_combine_balanced": "MPNet + EfficientNet-Lite2, `naive_combine`, balanced class weights",
     "minilm_top2_naive_combine": "MiniLM-L6 with its top 2 layers trained (5 epochs) + EfficientNet-Lite0, "
     "`naive_combine`",
