@@ -91,3 +91,18 @@ def test_the_configs_are_the_models_selected_on_validation_across_splits():
     assert best == "best_offline", best
     assert summary["best_offline"]["command"].startswith("accelerate launch train_hf.py configs/best_offline.yaml")
     assert summary["best_offline"]["split_seeds"] == [1, 2, 3, 4, 5]
+
+
+def test_a_row_searched_on_the_validation_split_is_not_selected_on_it():
+    rows = {
+        "plain": {"split_seeds": [1, 2, 3, 4, 5], "validation_macro_f1": [60.0] * 5},
+        "searched_on_validation": {
+            "split_seeds": [1, 2, 3, 4, 5],
+            "validation_macro_f1": [65.0] * 5,
+            "validation_searched": True,
+        },
+        "searched_on_a_holdout": {"split_seeds": [1, 2, 3, 4, 5], "validation_macro_f1": [61.0] * 5},
+        "two_splits": {"split_seeds": [1, 2], "validation_macro_f1": [70.0] * 2},
+    }
+    assert results_tables.best_on_validation(rows, list(rows)) == "searched_on_a_holdout"
+    assert results_tables.best_on_validation(rows, ["plain", "searched_on_validation"]) == "plain"
