@@ -91,7 +91,7 @@ def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18,
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         program = torch.onnx.export(
-            Logits(model),
+            Logits(model).eval(),
             (),
             kwargs=example,
             input_names=names,

@@ -80,8 +80,8 @@ def test_parameter_order_sees_registration_order():
 
 
 def test_the_configs_are_the_models_selected_on_validation_across_splits():
-    """The main job trains the paper fusion with the best mean validation macro-F1 over the five splits (its towers);
-    configs/best_offline.yaml is the best of every five-split row on the same criterion."""
+    """The main job trains the fusion with the best mean validation macro-F1 over the five splits (of the eight, with
+    its towers); configs/best_offline.yaml is the best of every eligible five-split row on the same criterion."""
     import yaml
 
     summary = results_tables.cross_split_summary()
