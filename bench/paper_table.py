@@ -34,7 +34,7 @@ def provenance() -> dict:
 
 
 def search_summary(output_dir: Path) -> dict:
-    """What a run's hyperparameter search (`--hp_search_trials`) chose, and on which validation score."""
+    """What a run's hyperparameter search (`--hp_search_trials`) chose, and its best trial's score."""
     record = json.loads((output_dir / "hp_search.json").read_text())
     return {key: record[key] for key in ("n_trials", "best_trial", "best_objective", "best_hyperparameters")}
 

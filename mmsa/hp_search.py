@@ -4,8 +4,8 @@ A trial builds a fresh model (`model_init(trial)`), trains it for the trial's ep
 scored by the best `metric_for_best_model` it reached on the search's evaluation set (`train_hf.py` holds out part
 of the training split for it, so that the validation split, on which runs are compared, plays no part). Optuna's
 TPE sampler (seeded by `--seed`) proposes the next trial and its median pruner stops trials that trail the others at
-the same step. With frozen, cached towers a trial
-trains only the fusion layers and heads, so a search costs tens of trials of a few seconds to a minute on a CPU.
+the same step. With frozen, cached towers a trial trains only the fusion layers and heads, so a search costs tens of
+trials of a few seconds to a minute on a CPU.
 
 A search-space parameter is applied where it belongs: a `TrainingArguments` field by the `Trainer` itself, a
 `*_learning_rate` of a parameter group by `MmsaTrainer`, an `MmsaConfig` field by `model_init`.
@@ -13,6 +13,7 @@ A search-space parameter is applied where it belongs: a `TrainingArguments` fiel
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from .configuration_mmsa import MmsaConfig
@@ -64,8 +65,9 @@ def search_hyperparameters(
     trainer, n_trials: int, seed: int, hp_space=default_hp_space, output_file=None, scored_on: str | None = None
 ):
     """Runs `n_trials` Optuna trials with `trainer` (an `MmsaTrainer` built with `model_init`; its eval dataset is
-    what trials are scored on, described by `scored_on`) and returns `(best hyperparameters, best objective, trials)`; `trials` lists each trial's
-    number, state, objective and parameters, and is written as JSON to `output_file` when given."""
+    what trials are scored on, described by `scored_on`) and returns `(best hyperparameters, best objective,
+    trials)`; `trials` lists each trial's number, state, objective and parameters, and is written as JSON to
+    `output_file` (atomically) when given."""
     import optuna
 
     if trainer.args.metric_for_best_model is None:
@@ -102,8 +104,11 @@ def search_hyperparameters(
         "trials": trials,
     }
     if output_file is not None:
-        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_file).write_text(json.dumps(record, indent=2) + "\n")
+        output_file = Path(output_file)
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = output_file.with_name(f"{output_file.name}.tmp{os.getpid()}")
+        partial.write_text(json.dumps(record, indent=2) + "\n")
+        partial.replace(output_file)  # atomic: a killed search never leaves a half-written record
     logger.info(
         "Hyperparameter search: best %s %.4f (trial %s of %d): %s",
         key,
