@@ -21,6 +21,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 
 from mmsa import MmsaForSequenceClassification, MmsaProcessor
+from mmsa.file_utils import OutputPathError, atomic_folder, check_output_folder, is_inside
 from mmsa.model_card import build_model_card
 from mmsa.pipeline_mmsa import save_for_pipeline
 
@@ -30,16 +31,33 @@ logger = logging.getLogger("push_to_hub")
 REQUIRED_FILES = ("config.json", "model.safetensors", "test_results.json", "trainer_state.json", "run_info.json")
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXTRA_FILES = (
-    "confusion_matrix.png",
-    "confusion_matrix.json",
+    "test_confusion_matrix.png",
+    "test_confusion_matrix.json",
     "test_results.json",
-    "classification_report.txt",
+    "test_classification_report.txt",
     "all_results.json",
 )
+"""Report files of the test split copied beside the model (named by their split, so a validation report written by
+`mmsa evaluate --split validation` is never published as the test one)."""
 
 
 class PublishError(RuntimeError):
     """The folder is not fit to publish; the message says why."""
+
+
+def read_test_results(model_dir: Path) -> dict:
+    """`test_results.json` as a dict of numbers, or `PublishError` naming the file and what is wrong with it."""
+    path = model_dir / "test_results.json"
+    try:
+        test = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PublishError(f"{path} is not valid JSON ({error}): re-run the evaluation to write it again.") from None
+    if not isinstance(test, dict):
+        raise PublishError(f"{path}: expected a JSON object of metrics, got {type(test).__name__}.")
+    wrong = [key for key, value in test.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
+    if wrong:
+        raise PublishError(f"{path}: the metrics {', '.join(wrong)} are not numbers.")
+    return test
 
 
 def check_model_dir(model_dir: Path):
@@ -50,7 +68,7 @@ def check_model_dir(model_dir: Path):
             f"{model_dir} is not a finished train_hf.py run: missing {', '.join(missing)}. Publish only runs that "
             "were evaluated on the test split (test_results.json)."
         )
-    test = json.loads((model_dir / "test_results.json").read_text())
+    test = read_test_results(model_dir)
     absent = [key for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1") if key not in test]
     if absent:
         raise PublishError(f"{model_dir / 'test_results.json'} lacks {', '.join(absent)}.")
@@ -87,24 +105,42 @@ def explain_example(model, processor, figure: Path) -> dict | None:
     return {**explanation.to_dict(), "text": post["text"]}
 
 
-def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, license: str) -> Path:
-    """Writes the folder to upload: model (with auto_map, custom_pipelines, code), processor, card, images."""
+def check_stage_folder(model_dir: Path, folder: Path, overwrite: bool = False) -> None:
+    """Refuses, before any work, an upload folder that is the model folder, lies inside it or holds it (writing
+    there would rewrite the source), a file, or a non-empty folder unless `overwrite`."""
+    if is_inside(folder, model_dir) or is_inside(model_dir, folder):
+        raise PublishError(
+            f"--dry_run {folder} is, or overlaps, the model folder {model_dir}: writing there would rewrite the "
+            "model's own files; choose a new folder"
+        )
+    try:
+        check_output_folder(folder, overwrite=overwrite, what="--dry_run")
+    except OutputPathError as error:
+        raise PublishError(str(error)) from None
+
+
+def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, license: str, overwrite=False) -> Path:
+    """Writes the folder to upload: model (with auto_map, custom_pipelines, code), processor, card, images. It is
+    written beside `folder` and moved into place once complete (an existing folder is replaced only then)."""
+    check_stage_folder(model_dir, folder, overwrite)
     model, processor = check_model_dir(model_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    explanation = explain_example(model, processor, folder / "explanation.png")
-    save_for_pipeline(model, processor, folder)
-    for name in EXTRA_FILES:
-        if (model_dir / name).is_file():
-            shutil.copyfile(model_dir / name, folder / name)
-    card = build_model_card(model_dir, repo_id, dataset_id=dataset_id, license=license, explanation=explanation)
-    card.save(folder / "README.md")
+    with atomic_folder(folder, overwrite=overwrite, what="--dry_run") as staging:
+        explanation = explain_example(model, processor, staging / "explanation.png")
+        save_for_pipeline(model, processor, staging)
+        for name in EXTRA_FILES:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, staging / name)
+        card = build_model_card(model_dir, repo_id, dataset_id=dataset_id, license=license, explanation=explanation)
+        card.save(staging / "README.md")
     return folder
 
 
 def publish(args) -> str:
     model_dir = Path(args.model_dir)
     if args.dry_run:
-        folder = stage(model_dir, Path(args.dry_run), args.repo_id, args.dataset_repo_id, args.license)
+        folder = stage(
+            model_dir, Path(args.dry_run), args.repo_id, args.dataset_repo_id, args.license, overwrite=args.overwrite
+        )
         print(f"dry run: wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))}); nothing uploaded")
         return str(folder)
 
@@ -114,7 +150,7 @@ def publish(args) -> str:
         api.create_repo(args.repo_id, private=args.private, exist_ok=True)
         if args.revision:
             api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
-        test = json.loads((model_dir / "test_results.json").read_text())
+        test = read_test_results(model_dir)
         message = args.commit_message or (
             f"Upload MMSA model ({json.loads((folder / 'config.json').read_text())['fusion']}; "
             f"test accuracy {test['test_accuracy']:.4f}, macro-F1 {test['test_macro_f1']:.4f})"
@@ -143,6 +179,11 @@ def parse_args(argv=None):
     parser.add_argument("--revision", default=None, help="branch to commit to (created if missing)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry_run", metavar="DIR", default=None, help="write the upload folder here, upload nothing")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --dry_run: replace a non-empty folder once the new one is complete",
+    )
     parser.add_argument("--commit_message", default=None)
     parser.add_argument(
         "--license", default="other", help="model license for the card (default: other, research-only)"
@@ -163,7 +204,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return publish(parse_args(argv))
-    except PublishError as error:
+    except (PublishError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
 

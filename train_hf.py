@@ -203,12 +203,25 @@ CONFIG_FIELDS = set(MmsaConfig.__annotations__) - {"text_config", "vision_config
 `class_weights` are model arguments of their own."""
 
 
+BOOLEAN_CONFIG_FIELDS = {
+    name for name in CONFIG_FIELDS if MmsaConfig.__annotations__[name] in (bool, "bool", bool | None, "bool | None")
+}
+
+
 def config_file_to_argv(argv: list[str]) -> list[str]:
     """`train_hf.py file.yaml --flag v` -> the file's keys as flags, followed by the overriding flags."""
     if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
         return argv
-    text = Path(argv[0]).read_text()
-    values = json.loads(text) if argv[0].endswith(".json") else yaml.safe_load(text)
+    path = Path(argv[0])
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not valid {path.suffix[1:].upper()}: {error}") from None
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values, got a {type(values).__name__}")
     flags = []
     for key, value in (values or {}).items():
         if value is None:
@@ -220,19 +233,26 @@ def config_file_to_argv(argv: list[str]) -> list[str]:
 
 def fold_config_flags(argv: list[str]) -> list[str]:
     """`--fusion_hidden_size 128` (an MmsaConfig field given as a flag) -> part of `--config_overrides`; a later
-    value of the same field wins, as with any flag."""
+    value of the same field wins, as with any flag. A boolean field given bare (`--freeze_vision_backbone`, followed
+    by another flag or last) means true, as `HfArgumentParser`'s boolean flags do."""
     rest, fields, explicit = [], {}, None
     index = 0
     while index < len(argv):
         word = argv[index]
         name = word[2:].split("=", 1)[0] if word.startswith("--") else None
-        if name in CONFIG_FIELDS:
-            value = word.split("=", 1)[1] if "=" in word else argv[index + 1]
-            fields[name] = value
-            index += 1 if "=" in word else 2
-        elif name == "config_overrides":
-            explicit = word.split("=", 1)[1] if "=" in word else argv[index + 1]
-            index += 1 if "=" in word else 2
+        if name in CONFIG_FIELDS or name == "config_overrides":
+            if "=" in word:
+                value, index = word.split("=", 1)[1], index + 1
+            elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                value, index = argv[index + 1], index + 2
+            elif name in BOOLEAN_CONFIG_FIELDS:
+                value, index = "true", index + 1
+            else:
+                raise ValueError(f"--{name} needs a value")
+            if name == "config_overrides":
+                explicit = value
+            else:
+                fields[name] = value
         else:
             rest.append(word)
             index += 1
@@ -341,6 +361,17 @@ def search_hyperparameters_for(
     return build_model(model_args, data_args, class_weights)
 
 
+def check_arguments(training_args, model_args) -> None:
+    """Refuses, before any work, arguments that would train nothing or cannot be served."""
+    if not training_args.do_train and not model_args.model_name_or_path:
+        raise ValueError("Without --do_train, name the model to evaluate with --model_name_or_path.")
+    if training_args.do_train and training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
+        raise ValueError(
+            f"--num_train_epochs must be positive to train, got {training_args.num_train_epochs:g} "
+            "(or set --max_steps; --do_train false evaluates a saved model without training)"
+        )
+
+
 def setup_logging(training_args) -> None:
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -370,8 +401,7 @@ def main(argv=None):
     logger.info(
         "Seed %d, %d CPU threads per process, output in %s", training_args.seed, threads, training_args.output_dir
     )
-    if not training_args.do_train and not model_args.model_name_or_path:
-        raise ValueError("Without --do_train, name the model to evaluate with --model_name_or_path.")
+    check_arguments(training_args, model_args)
     config_overrides = parse_config_overrides(model_args.config_overrides)
 
     # Data
@@ -566,5 +596,18 @@ def main(argv=None):
     return test_metrics
 
 
+def cli_main(argv=None) -> int:
+    """The script's entry point: a request that cannot be served (bad arguments, config file, dataset or split
+    file) ends with its message and exit status 2, not a traceback."""
+    from mmsa.data import MvsaFormatError
+
+    try:
+        main(argv)
+    except (ValueError, MvsaFormatError) as error:
+        print(f"train_hf.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_main())

@@ -31,8 +31,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +41,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .image_io import DEFAULT_IMAGE_TIMEOUT, check_unicode, is_url, load_rgb_image
+from .file_utils import atomic_file, atomic_folder, atomic_path, check_output_file, check_output_folder
+from .image_io import DEFAULT_IMAGE_TIMEOUT
+from .posts import InvalidPost, check_text, read_post
 
 
 logger = logging.getLogger(__name__)
@@ -109,38 +112,9 @@ def load_classifier(
     )
 
 
-def check_text(text) -> str:
-    """`text` if it is a non-empty string of valid Unicode, else ValueError."""
-    if not isinstance(text, str):
-        raise ValueError(f"'text' must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError("empty 'text'")
-    return check_unicode(text, "'text'")
-
-
-def read_post(row: dict, base: Path, config, timeout: float = DEFAULT_IMAGE_TIMEOUT, draft: int | None = None) -> dict:
-    """Validates one input row and loads its image; raises ValueError with what is wrong."""
-    if not isinstance(row, dict):
-        raise ValueError(f"a row must be a JSON object with 'text' and 'image', got {type(row).__name__}")
-    post = {}
-    if config.uses_text:
-        if row.get("text") is None:
-            raise ValueError("missing 'text'")
-        post["text"] = check_text(row["text"])
-    if config.uses_vision:
-        image = row.get("image")
-        if image is None or image == "":
-            raise ValueError("missing 'image'")
-        if not isinstance(image, str):
-            raise ValueError(f"'image' must be a file path or URL string, got {type(image).__name__}")
-        location = image if is_url(image) else str(base / image)
-        try:
-            post["image"] = load_rgb_image(location, timeout=timeout, draft=draft)
-        except FileNotFoundError:
-            raise ValueError(f"image file {location} does not exist") from None
-        except Exception as error:  # truncated or undecodable image, HTTP error, time-out, unreadable file
-            raise ValueError(f"cannot read image {image!r}: {type(error).__name__}: {error}") from error
-    return post
+def read_row(row, base: Path, config, timeout: float = DEFAULT_IMAGE_TIMEOUT, draft: int | None = None) -> dict:
+    """One input row checked and its image loaded (`mmsa.posts.read_post`; image paths relative to `base`)."""
+    return read_post(row, config.uses_text, config.uses_vision, base=base, timeout=timeout, draft=draft)
 
 
 def read_rows(input_path: Path):
@@ -188,21 +162,6 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-@contextmanager
-def atomic_output(path: Path):
-    """A text file handle for `path` that is written to a temporary file beside it and renamed into place when the
-    block ends without error (else the temporary file is removed): an interrupted run leaves no partial output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            yield out
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-
-
 def distributed_state():
     """accelerate's `PartialState` when this process is one of several started by `accelerate launch`, else None.
     On a machine without CUDA the processes are CPU processes (gloo)."""
@@ -230,7 +189,7 @@ def predict_file(
     rows, blank = read_rows(input_path)
     state = distributed_state()
     if state is None:
-        with atomic_output(output_path) as out:
+        with atomic_file(output_path) as out:
             counts = predict_rows(classifier, rows, input_path.parent, out, batch_size, top_k, timeout)
         return {**counts, "blank_lines": blank}
     from accelerate.utils import gather_object
@@ -238,14 +197,14 @@ def predict_file(
     rank, world = state.process_index, state.num_processes
     bounds = [len(rows) * i // world for i in range(world + 1)]
     parts = [output_path.with_name(f".{output_path.name}.part{i}-of-{world}") for i in range(world)]
-    with atomic_output(parts[rank]) as out:
+    with atomic_file(parts[rank]) as out:
         counts = predict_rows(
             classifier, rows[bounds[rank] : bounds[rank + 1]], input_path.parent, out, batch_size, top_k, timeout,
             show_progress=state.is_main_process,
         )  # fmt: skip
     everyone = gather_object([counts])
     if state.is_main_process:
-        with atomic_output(output_path) as out:
+        with atomic_file(output_path) as out:
             for part in parts:
                 out.write(part.read_text(encoding="utf-8"))
         for part in parts:
@@ -253,6 +212,19 @@ def predict_file(
     state.wait_for_everyone()
     totals = {key: sum(c[key] for c in everyone) for key in counts}
     return {**totals, "blank_lines": blank, "processes": world}
+
+
+@contextmanager
+def reader_pool(workers: int):
+    """A thread pool that is waited for when the block ends normally, and abandoned (pending reads cancelled) when
+    it ends by an error or an interruption, so that SIGTERM or Ctrl-C is not held up by a slow image URL."""
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def predict_rows(
@@ -264,7 +236,7 @@ def predict_rows(
     counts = {"rows": len(rows), "predicted": 0, "errors": 0}
     with (
         tqdm(total=len(rows), desc="predicting", unit="post", disable=not show_progress) as bar,
-        ThreadPoolExecutor(IMAGE_READERS) as readers,
+        reader_pool(IMAGE_READERS) as readers,
     ):
 
         def prepare(item):
@@ -275,8 +247,8 @@ def predict_rows(
             if isinstance(row, dict):
                 record["id"] = row.get("id")
             try:
-                return record, read_post(row, base, config, timeout, draft), None
-            except ValueError as error:
+                return record, read_row(row, base, config, timeout, draft), None
+            except InvalidPost as error:
                 return record, None, str(error)
 
         for start in range(0, len(rows), batch_size):
@@ -302,27 +274,23 @@ def load_explainer(model: str):
     return load_model(model).eval(), AutoProcessor.from_pretrained(model)
 
 
+EXPLANATION_SUFFIXES = (".html", ".png", ".json")
+
+
 def save_explanation(explanation, path: Path) -> None:
     """`.html` (a page with the figure inline), `.png` (the side-by-side figure) or `.json` (the numbers), written
     to a temporary file beside `path` and renamed into place, so an interrupted run leaves no partial figure."""
-    if path.suffix not in (".html", ".png", ".json"):
+    if path.suffix not in EXPLANATION_SUFFIXES:
         raise ValueError(f"--output {path}: the file name must end in .html, .png or .json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    partial = Path(partial)
-    try:
+    with atomic_path(path) as partial:
         if path.suffix == ".html":
             partial.write_text(f"<!doctype html>\n<meta charset='utf-8'>\n{explanation.to_html()}\n", encoding="utf-8")
         elif path.suffix == ".png":
-            explanation.save_png(partial)
+            explanation.save_png(partial, format="png")
         else:
             partial.write_text(
                 json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
             )
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def explain_file(
@@ -334,29 +302,32 @@ def explain_file(
     target=None,
     n_steps: int = 16,
     timeout: float = DEFAULT_IMAGE_TIMEOUT,
+    overwrite: bool = False,
 ) -> dict:
     """Explains every row of a JSONL file of posts: `output_dir/explanations.jsonl` has one record per input row,
     in order (the explanation's numbers, or an `error`), and `output_dir/line-<n>.<fmt>` one figure per explained
-    row. Returns counts of explained and failed rows, and of blank lines."""
+    row. Returns counts of explained and failed rows, and of blank lines.
+
+    The folder is written beside `output_dir` and moved into place once complete, so the records always describe
+    the figures beside them; a non-empty `output_dir` is refused unless `overwrite` (then replaced as a whole)."""
     from .explain import explain
 
     if fmt not in ("html", "png"):
         raise ValueError(f"format must be html or png, got {fmt!r}")
+    check_output_folder(output_dir, overwrite=overwrite)
     rows, blank = read_rows(input_path)
     counts = {"rows": len(rows), "explained": 0, "errors": 0, "blank_lines": blank}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    records = output_dir / "explanations.jsonl"
-    with atomic_output(records) as out:
+    with atomic_folder(output_dir, overwrite=overwrite) as staging, atomic_file(staging / "explanations.jsonl") as out:
         for number, row in tqdm(rows, desc="explaining", unit="post"):
             record = {"line": number, "id": row.get("id") if isinstance(row, dict) else None}
             try:
                 if isinstance(row, str):
-                    raise ValueError(row)
-                post = read_post(row, input_path.parent, model.config, timeout)
+                    raise InvalidPost(row)
+                post = read_row(row, input_path.parent, model.config, timeout)
                 explanation = explain(model, processor, post.get("text"), post.get("image"), target, n_steps)
-                figure = output_dir / f"line-{number}.{fmt}"
-                save_explanation(explanation, figure)
-                record.update(explanation.to_dict(), figure=figure.name)
+                figure = f"line-{number}.{fmt}"
+                save_explanation(explanation, staging / figure)
+                record.update(explanation.to_dict(), figure=figure)
             except ValueError as error:
                 record["error"] = str(error)
             counts["errors" if "error" in record else "explained"] += 1
@@ -385,6 +356,8 @@ def evaluate_model(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if output_dir is not None:  # a run folder is the usual target: its other files stay, this split's are replaced
+        check_output_folder(output_dir, overwrite=True, what="--output_dir")
     try:
         import sklearn  # noqa: F401  (the metrics module and the report need it)
     except ImportError:
@@ -491,6 +464,9 @@ def run(argv=None):
     explainer.add_argument("--target", default=None, help="label to explain (default: the predicted one)")
     explainer.add_argument("--steps", type=positive_int, default=16, help="integrated-gradients steps")
     explainer.add_argument("--timeout", type=positive_float, default=DEFAULT_IMAGE_TIMEOUT)
+    explainer.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --output folder (with --input) once complete"
+    )
     exporter = commands.add_parser(
         "export-onnx", help="export a model folder to ONNX (one graph), optionally with a dynamic-int8 variant"
     )
@@ -498,6 +474,9 @@ def run(argv=None):
     exporter.add_argument("--output", type=Path, required=True, help="folder to write")
     exporter.add_argument("--quantize", choices=("int8",), default=None, help="also write model_int8.onnx")
     exporter.add_argument("--opset", type=positive_int, default=18)
+    exporter.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --output folder once the new export is complete"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -509,7 +488,9 @@ def run(argv=None):
         if args.command == "export-onnx":
             from .onnx import export_onnx
 
-            folder = export_onnx(args.model, args.output, quantize=args.quantize, opset=args.opset)
+            folder = export_onnx(
+                args.model, args.output, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite
+            )
             print(f"-> {folder}", file=sys.stderr)
             return folder
         metrics = evaluate_model(
@@ -550,6 +531,7 @@ def run_predict(parser, args):
             parser.error(f"--input {args.input} is not a file")
         if same_file(args.input, args.output):
             parser.error(f"--output {args.output} is the input file: choose another path")
+        check_output_file(args.output)  # before the batch runs, not after
     elif args.text is not None:
         check_text(args.text)  # invalid UTF-8 on the command line arrives as lone surrogates
     state = distributed_state() if args.input else None
@@ -571,9 +553,7 @@ def run_predict(parser, args):
             return counts
         return report_counts(counts, "predicted", args.output)
     draft = getattr(classifier.image_processor, "draft_size", None)
-    post = read_post(
-        {"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout, draft
-    )
+    post = read_row({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout, draft)
     result = classifier(post, top_k=top_k)
     print(json.dumps(result, ensure_ascii=False))
     return result
@@ -585,17 +565,20 @@ def run_explain(parser, args):
     if args.input:
         if not args.input.is_file():
             parser.error(f"--input {args.input} is not a file")
+        check_output_folder(args.output, overwrite=args.overwrite)
         model, processor = load_explainer(args.model)
         counts = explain_file(
-            model, processor, args.input, args.output, args.format, args.target, args.steps, args.timeout
-        )
+            model, processor, args.input, args.output, args.format, args.target, args.steps, args.timeout,
+            overwrite=args.overwrite,
+        )  # fmt: skip
         return report_counts(counts, "explained", args.output)
-    if args.output.suffix not in (".html", ".png", ".json"):
+    if args.output.suffix not in EXPLANATION_SUFFIXES:
         parser.error(f"--output {args.output}: the file name must end in .html, .png or .json")
+    check_output_file(args.output)
     if args.text is not None:
         check_text(args.text)
     model, processor = load_explainer(args.model)
-    post = read_post({"text": args.text, "image": args.image}, Path.cwd(), model.config, args.timeout)
+    post = read_row({"text": args.text, "image": args.image}, Path.cwd(), model.config, args.timeout)
     explanation = explain(model, processor, post.get("text"), post.get("image"), args.target, args.steps)
     save_explanation(explanation, args.output)
     result = explanation.to_dict()
@@ -603,9 +586,30 @@ def run_explain(parser, args):
     return result
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that the temporary files of atomic writes are removed on the way out."""
+
+
+def exit_on_sigterm() -> None:
+    """Turns SIGTERM into `Terminated` in the main thread (Python's default ends the process without running
+    `finally` blocks, leaving temporary files behind)."""
+
+    def stop(signum, frame):
+        raise Terminated(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv=None) -> int:
-    """The console script: 0 on success, 3 when some rows of a batch failed, 2 for a bad request."""
-    result = run(argv)
+    """The console script: 0 on success, 3 when some rows of a batch failed, 2 for a bad request, 143 on SIGTERM
+    (once the temporary files are removed; threads still waiting on image URLs are not waited for)."""
+    exit_on_sigterm()
+    try:
+        result = run(argv)
+    except Terminated as stop:
+        sys.stderr.flush()
+        os._exit(stop.code)
     if isinstance(result, dict) and result.get("errors"):
         return ROWS_FAILED_STATUS
     return 0

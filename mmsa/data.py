@@ -254,12 +254,24 @@ def stratified_split(ids: list[str], labels: list[int], seed: int) -> dict[str, 
 
 def read_split_file(path: str | Path) -> dict[str, list[str]]:
     """A published split: JSON `{"train": [ids], "validation": [ids], "test": [ids]}`."""
-    splits = json.loads(Path(path).read_text())
+    try:
+        splits = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MvsaFormatError(f"split file {path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MvsaFormatError(f"{path}: not a JSON split file ({error})") from None
     if not isinstance(splits, dict) or set(splits) != set(SPLITS):
         raise MvsaFormatError(f"{path}: expected a JSON object with exactly the keys {list(SPLITS)}.")
     seen = {}
     for name in SPLITS:
-        for post_id in splits[name]:
+        ids = splits[name]
+        if not isinstance(ids, list):
+            raise MvsaFormatError(f"{path}: {name!r} must be a list of post ids, got {type(ids).__name__}")
+        for position, post_id in enumerate(ids):
+            if isinstance(post_id, bool) or not isinstance(post_id, (str, int)) or not str(post_id).strip():
+                raise MvsaFormatError(
+                    f"{path}: {name!r} item {position} must be a post id (a string or an integer), got {post_id!r}"
+                )
             post_id = str(post_id)
             if post_id in seen:
                 raise MvsaFormatError(f"{path}: id {post_id} is in both {seen[post_id]!r} and {name!r}.")
@@ -420,7 +432,25 @@ def load_mvsa(path_or_repo: str | Path, variant: str = "single", seed: int = 42,
             return build_mvsa(path, variant=variant, seed=seed, **build_kwargs)
         if (path / "dataset_dict.json").is_file():
             return load_from_disk(str(path))
-    return load_dataset(str(path_or_repo))
+        if not any(path.iterdir()):
+            raise MvsaFormatError(
+                f"{path} is an empty folder: expected a raw MVSA release ({LABEL_FILE} beside data/) or a dataset "
+                "saved by `python -m mmsa.data build`"
+            )
+    elif path.exists():
+        raise MvsaFormatError(f"{path} is a file: expected a raw MVSA release folder or a saved dataset folder")
+    elif str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+        raise MvsaFormatError(
+            f"{path_or_repo} does not exist: expected a raw MVSA release folder, a saved dataset folder or a Hub "
+            "dataset id (user/name)"
+        )
+    try:
+        return load_dataset(str(path_or_repo))
+    except Exception as error:  # a folder that datasets cannot read, or a Hub id that cannot be reached
+        raise MvsaFormatError(
+            f"{path_or_repo} cannot be loaded as a dataset ({type(error).__name__}: {error}); expected a raw MVSA "
+            "release folder, a saved dataset folder or a Hub dataset id"
+        ) from error
 
 
 def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path, overwrite: bool = False) -> Path:
@@ -433,11 +463,7 @@ def save_mvsa(dataset: DatasetDict, report: BuildReport, output_dir: str | Path,
     from .file_utils import atomic_folder
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} is not empty: choose an empty folder, or pass --overwrite to replace it")
-    with atomic_folder(output_dir) as staging:
+    with atomic_folder(output_dir, overwrite=overwrite, what="output folder") as staging:
         dataset.save_to_disk(str(staging))
         (staging / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
         mvsa_dataset_card(dataset, report).save(staging / "README.md")

@@ -44,10 +44,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .processing_mmsa import load_rgb_image
+from .image_io import MAX_IMAGE_PIXELS
+from .posts import read_post
 
 
 WORD = re.compile(r"\S+")
+OVERLAY_MAX_SIDE = 1024
+"""The heatmap overlay is drawn at most this many pixels on its longer side."""
 
 
 @dataclass
@@ -75,14 +78,22 @@ class Explanation:
     truncated_words: int = 0
     """Words past the processor's `max_length`, which the model did not see (score 0)."""
 
-    def overlay(self, alpha: float = 0.5) -> Image.Image | None:
-        """The image with the heatmap over it (red where the evidence lies)."""
+    def overlay(self, alpha: float = 0.5, max_side: int = OVERLAY_MAX_SIDE) -> Image.Image | None:
+        """The image with the heatmap over it (red where the evidence lies), at most `max_side` pixels on its longer
+        side: the colour map is applied at that display size, so a large photo costs no more memory than a small one."""
         if self.image is None or self.heatmap is None:
             return None
         import matplotlib
 
-        colours = (matplotlib.colormaps["jet"](self.heatmap)[..., :3] * 255).astype(np.uint8)
-        return Image.blend(self.image.convert("RGB"), Image.fromarray(colours), alpha)
+        image = self.image.convert("RGB")
+        heatmap = Image.fromarray(self.heatmap.astype(np.float32), mode="F")
+        if max(image.size) > max_side:
+            scale = max_side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image, heatmap = image.resize(size, Image.BILINEAR), heatmap.resize(size, Image.BILINEAR)
+        values = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+        colours = (matplotlib.colormaps["jet"](values, bytes=True))[..., :3]
+        return Image.blend(image, Image.fromarray(colours), alpha)
 
     def to_html(self) -> str:
         """A self-contained HTML fragment: probabilities, highlighted words, the image with its heatmap, shares."""
@@ -149,7 +160,7 @@ class Explanation:
         shares = ", ".join(f"{name} {share:.0%}" for name, share in self.modality_shares.items())
         bar_axis.set_title(f"{self.label} | {shares}")
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=100, format="png")
         plt.close(figure)
 
     def to_dict(self) -> dict:
@@ -244,23 +255,28 @@ def head_shares(model, inputs, target: int) -> dict[str, float] | None:
 
 
 def explain(
-    model, processor, text=None, image=None, target=None, n_steps: int = 16, image_method: str = "integrated_gradients"
+    model,
+    processor,
+    text=None,
+    image=None,
+    target=None,
+    n_steps: int = 16,
+    image_method: str = "integrated_gradients",
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> Explanation:
     """Explains `model`'s prediction for one post (`text`, `image`: a PIL image, path, URL or bytes).
 
     `target`: the label (name or index) to explain, by default the predicted one. `n_steps`: integrated-gradients
     steps (more is more exact and slower; `Explanation.convergence_delta` tells how exact). `image_method`:
-    `"integrated_gradients"` (the heatmap from the same run as the words) or `"grad_cam"`."""
+    `"integrated_gradients"` (the heatmap from the same run as the words) or `"grad_cam"`. An image of more than
+    `max_pixels` pixels is refused before it is decoded (the heatmap is made at the image's own size)."""
     if image_method not in ("integrated_gradients", "grad_cam"):
         raise ValueError(f"image_method must be 'integrated_gradients' or 'grad_cam', got {image_method!r}.")
     from captum.attr import LayerGradCam, LayerIntegratedGradients
 
     config = model.config
-    if config.uses_text and not (isinstance(text, str) and text.strip()):
-        raise ValueError(f"fusion={config.fusion!r} needs a non-empty text, got {text!r}.")
-    if config.uses_vision and image is None:
-        raise ValueError(f"fusion={config.fusion!r} needs an image.")
-    picture = load_rgb_image(image) if config.uses_vision else None
+    post = read_post({"text": text, "image": image}, config.uses_text, config.uses_vision, max_pixels=max_pixels)
+    text, picture = post.get("text"), post.get("image")
     model.eval()
     inputs = dict(processor(text=text if config.uses_text else None, images=picture))
     with torch.no_grad():
@@ -346,6 +362,8 @@ def explain(
         if encoded["input_ids"] != inputs["input_ids"][0].tolist():
             raise RuntimeError("the tokenizer's offsets do not match the processor's tokens")
         words, truncated = word_scores(text, encoded["offset_mapping"], token_scores)
+        if len(processor.tokenizer(text, truncation=False)["input_ids"]) <= processor.max_length:
+            truncated = 0  # words no token reached (zero-width characters, say) were not cut off
         methods["words"] = (
             f"integrated gradients (captum LayerIntegratedGradients, {n_steps} steps) on token embeddings"
         )

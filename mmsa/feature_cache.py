@@ -8,7 +8,8 @@ deterministic eval transform); for the text tower its pooled features `(H,)` and
 length. A store is keyed by
 
 - the tower: a hash of its config (architecture, pooling) and every weight and buffer,
-- the preprocessing: timm's resolved data config, or the tokenizer's vocabulary and the maximum length,
+- the preprocessing: timm's resolved data config with the image loader's version and the versions of Pillow and its
+  codecs (two Pillow releases can decode a JPEG differently), or the tokenizer's vocabulary and the maximum length,
 
 and a post by a hash of its image's bytes or of its text, so changing any of them computes new features instead of
 reusing stale ones. A run computes only the posts no shard holds yet, as one new shard. Each shard stores a SHA-256
@@ -57,6 +58,15 @@ def tower_fingerprint(tower, settings: dict) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def image_decoder_versions() -> dict:
+    """The versions of Pillow and of the codecs it decodes with: two Pillow releases can decode the same JPEG to
+    other pixels (Pillow 12 and 13 do), so an image store is keyed by them."""
+    import PIL
+    from PIL import features
+
+    return {"pillow": PIL.__version__, **{codec: features.version(codec) for codec in ("jpg", "zlib", "webp")}}
 
 
 def image_keys(split) -> list[str]:
@@ -282,6 +292,7 @@ def cache_image_features(
             "architecture": tower.config.architecture,
             "data": image_processor.data_config,
             "loader": IMAGE_LOADER_VERSION,
+            "decoder": image_decoder_versions(),
         },
     )
     return _cached(

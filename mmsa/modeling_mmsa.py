@@ -380,6 +380,26 @@ def convert_pre_registry_state_dict(state_dict: dict) -> dict:
     return {pattern.sub(r"\1fusion.\2\3", key): value for key, value in state_dict.items()}
 
 
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
+
+
+def check_weight_files(folder) -> None:
+    """Refuses a local model folder whose weights exist only as pickle files: unpickling a file someone hands us can
+    run their code, so MMSA models load `model.safetensors` alone."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickles = [name for name in PICKLE_WEIGHT_FILES if (folder / name).is_file()]
+    if pickles:
+        raise ValueError(
+            f"{folder} holds its weights only as {', '.join(pickles)}, a pickle file, which is refused: unpickling "
+            "can run any code the file's author put in it. Convert it to model.safetensors where you trust its "
+            "source (load it there and call save_pretrained)."
+        )
+
+
 class MmsaImageTower(TimmWrapperModel):
     """`TimmWrapperModel` (the headless timm model) that loads classification checkpoints without reporting their
     classifier as unexpected: the tower never has one. timm's `pretrained_cfg["classifier"]` names it."""
@@ -442,7 +462,19 @@ class MmsaPreTrainedModel(PreTrainedModel):
         describes (missing or mismatched tensors would otherwise be initialised at random, silently but for a
         warning). `allow_incomplete_weights=True` accepts it, e.g. heads added to a saved `MmsaModel`."""
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_weight_files(pretrained_model_name_or_path)
+        kwargs.setdefault("use_safetensors", True)  # never a pickle (pytorch_model.bin) from a Hub repository either
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            if type(error).__module__.startswith("safetensors"):  # a truncated or damaged weights file
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: the weights file cannot be read ({error}): it is truncated "
+                    "or damaged; copy or download it again"
+                ) from None
+            raise
         problems = []
         if info.get("missing_keys"):
             missing = sorted(info["missing_keys"])
@@ -754,6 +786,10 @@ class MmsaModel(MmsaPreTrainedModel):
 
 class MmsaForSequenceClassification(MmsaPreTrainedModel):
     """`MmsaModel` with the fusion strategy's classification head(s) on top."""
+
+    accepts_loss_kwargs = False
+    """The loss is a mean over the batch and takes no `num_items_in_batch`, so the `Trainer` divides it by the
+    gradient-accumulation steps itself (accumulating k batches of b posts gives the update of one batch of k*b)."""
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ dynamic axes, opset, files).
 import json
 from pathlib import Path
 
+from .file_utils import atomic_folder, check_output_folder, is_inside
 from .onnx_runtime import MANIFEST, MmsaOnnxModel, NumpyImageProcessor, OnnxSentimentClassifier
 
 
@@ -46,15 +47,25 @@ def onnx_input_names(config, tokenizer) -> list[str]:
     return names
 
 
-def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18, processor=None) -> Path:
+def export_onnx(
+    model, output_dir, quantize: str | None = None, opset: int = 18, processor=None, overwrite: bool = False
+) -> Path:
     """Exports `model` (a folder, a Hub id or an `MmsaForSequenceClassification`; give `processor` with an object)
-    to `output_dir`; returns the folder. Raises ValueError naming the fusion and the operator if the export fails."""
+    to `output_dir`; returns the folder. Raises ValueError naming the fusion and the operator if the export fails.
+
+    The export is written to a folder beside `output_dir` and moved into place once complete, so graph, manifest
+    and processor always belong together; a non-empty `output_dir` is refused unless `overwrite` (then replaced as a
+    whole, only when the new export is complete)."""
     import torch
     from PIL import Image
     from transformers import AutoModelForSequenceClassification, AutoProcessor
 
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}.")
+    output_dir = check_output_folder(output_dir, overwrite=overwrite)
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        if is_inside(output_dir, model) or is_inside(model, output_dir):
+            raise ValueError(f"--output {output_dir} overlaps the model folder {model}: choose a new folder")
     if isinstance(model, (str, Path)):
         processor = processor or AutoProcessor.from_pretrained(model)
         model = AutoModelForSequenceClassification.from_pretrained(model)
@@ -87,8 +98,6 @@ def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18,
         "sequence", min=1, max=config.text_config.max_position_embeddings if config.uses_text else 2
     )
     dynamic = {name: ({0: batch, 1: sequence} if name != "pixel_values" else {0: batch}) for name in names}
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     try:
         program = torch.onnx.export(
             Logits(model).eval(),
@@ -105,40 +114,43 @@ def export_onnx(model, output_dir, quantize: str | None = None, opset: int = 18,
         raise ValueError(
             f"fusion {config.fusion!r} cannot be exported to ONNX: {type(error).__name__}: {error}"
         ) from error
-    program.save(str(output_dir / FILES["float32"]))
-    files = {"float32": FILES["float32"]}
-    if quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    with atomic_folder(output_dir, overwrite=overwrite) as staging:
+        program.save(str(staging / FILES["float32"]))
+        files = {"float32": FILES["float32"]}
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(
-            output_dir / FILES["float32"],
-            output_dir / FILES["int8"],
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
-        )
-        files["int8"] = FILES["int8"]
-    config.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    manifest = {
-        "inputs": [
-            {
-                "name": name,
-                "dtype": str(example[name].dtype).replace("torch.", ""),
-                "shape": ["batch", "sequence"] if name != "pixel_values" else ["batch", *example[name].shape[1:]],
-            }
-            for name in names
-        ],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", config.num_labels]}],
-        "dynamic_axes": {"batch": "every input's first axis", "sequence": "the text inputs' second axis"},
-        "opset": opset,
-        "files": files,
-        "fusion": config.fusion,
-        "id2label": {str(k): v for k, v in config.id2label.items()},
-        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "quantization": "onnxruntime dynamic int8 of MatMul/Gemm (QInt8 weights, per channel)" if quantize else None,
-    }
-    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            quantize_dynamic(
+                staging / FILES["float32"],
+                staging / FILES["int8"],
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=True,
+            )
+            files["int8"] = FILES["int8"]
+        config.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        manifest = {
+            "inputs": [
+                {
+                    "name": name,
+                    "dtype": str(example[name].dtype).replace("torch.", ""),
+                    "shape": ["batch", "sequence"] if name != "pixel_values" else ["batch", *example[name].shape[1:]],
+                }
+                for name in names
+            ],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", config.num_labels]}],
+            "dynamic_axes": {"batch": "every input's first axis", "sequence": "the text inputs' second axis"},
+            "opset": opset,
+            "files": files,
+            "fusion": config.fusion,
+            "id2label": {str(k): v for k, v in config.id2label.items()},
+            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+            "quantization": "onnxruntime dynamic int8 of MatMul/Gemm (QInt8 weights, per channel)"
+            if quantize
+            else None,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return output_dir
 
 

@@ -105,6 +105,37 @@ class NumpyImageProcessor:
         return {"pixel_values": np.stack(arrays)}
 
 
+def read_manifest(folder: Path) -> dict:
+    """An export's `onnx_manifest.json`, checked: JSON, the keys the runtime reads, and graph files that lie inside
+    the folder (a manifest cannot point the runtime at a file elsewhere). Raises ValueError naming the file."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{folder} is not an ONNX export of mmsa (no {MANIFEST}): make one with mmsa export-onnx")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); export again") from None
+    problems = []
+    if not isinstance(manifest, dict):
+        problems.append("expected a JSON object")
+    else:
+        if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+            problems.append("'files' must map variants to graph files")
+        if not isinstance(manifest.get("inputs"), list) or not all(
+            isinstance(item, dict) and isinstance(item.get("name"), str) for item in manifest["inputs"]
+        ):
+            problems.append("'inputs' must be a list of {'name': ...}")
+        if not isinstance(manifest.get("id2label"), dict):
+            problems.append("'id2label' must map label ids to names")
+        for variant, name in (manifest.get("files") or {}).items() if isinstance(manifest.get("files"), dict) else []:
+            inside = isinstance(name, str) and (folder / name).resolve().parent == folder.resolve()
+            if not inside:
+                problems.append(f"file {name!r} of {variant!r} is not a file name inside {folder}")
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
+    return manifest
+
+
 class MmsaOnnxModel:
     """An exported folder under ONNX Runtime: `model(**inputs)` takes the processor's outputs (numpy arrays or
     tensors) and returns numpy logits. `variant`: "float32" or "int8"."""
@@ -113,20 +144,21 @@ class MmsaOnnxModel:
         import onnxruntime as ort
 
         self.folder = Path(folder)
-        manifest_path = self.folder / MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError(
-                f"{self.folder} is not an ONNX export of mmsa (no {MANIFEST}): make one with mmsa export-onnx"
-            )
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_manifest(self.folder)
         if variant not in self.manifest["files"]:
             raise ValueError(f"{self.folder} has no {variant!r} model (it has: {', '.join(self.manifest['files'])}).")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(self.folder / self.manifest["files"][variant]), options, providers=["CPUExecutionProvider"]
-        )
+        graph = self.folder / self.manifest["files"][variant]
+        if not graph.is_file():
+            raise ValueError(f"{graph} does not exist: {MANIFEST} names it, so the export is incomplete; export again")
+        try:
+            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime's InvalidProtobuf, Fail, ...: a truncated or foreign file
+            raise ValueError(
+                f"{graph} is not a loadable ONNX model ({type(error).__name__}: {str(error)[:300]}); export again"
+            ) from None
         self.input_names = [item["name"] for item in self.manifest["inputs"]]
         self.id2label = {int(k): v for k, v in self.manifest["id2label"].items()}
         self.uses_text = any(name != "pixel_values" for name in self.input_names)

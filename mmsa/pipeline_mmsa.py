@@ -3,7 +3,8 @@
 import torch
 from transformers import Pipeline
 
-from .processing_mmsa import DEFAULT_IMAGE_TIMEOUT, load_rgb_image
+from .image_io import DEFAULT_IMAGE_TIMEOUT
+from .posts import read_post
 
 
 class MultimodalSentimentPipeline(Pipeline):
@@ -47,21 +48,15 @@ class MultimodalSentimentPipeline(Pipeline):
         return preprocess, {}, postprocess
 
     def preprocess(self, inputs, timeout=DEFAULT_IMAGE_TIMEOUT):
-        if not isinstance(inputs, dict):
-            raise TypeError(f"Each input is a dict with 'text' and 'image', got {type(inputs).__name__}.")
         config = self.model.config
-        text, image = inputs.get("text"), inputs.get("image")
-        if config.uses_text and not (isinstance(text, str) and text.strip()):
-            raise ValueError(f"fusion={config.fusion!r} needs a non-empty 'text', got {text!r}.")
-        if config.uses_vision and image is None:
-            raise ValueError(f"fusion={config.fusion!r} needs an 'image'.")
-        encoded = self.processor(
-            text=text if config.uses_text else None,
-            images=load_rgb_image(image, timeout=timeout, draft=getattr(self.image_processor, "draft_size", None))
-            if config.uses_vision
-            else None,
+        post = read_post(
+            inputs,
+            config.uses_text,
+            config.uses_vision,
+            timeout=timeout,
+            draft=getattr(self.image_processor, "draft_size", None),
         )
-        return dict(encoded)
+        return dict(self.processor(text=post.get("text"), images=post.get("image")))
 
     def _forward(self, model_inputs):
         return {"logits": self.model(**model_inputs).logits}

@@ -107,6 +107,28 @@ class MmsaImageProcessor(TimmWrapperImageProcessor):
         return super().preprocess(images, return_tensors="pt")
 
 
+def check_tokenizer_config(folder) -> None:
+    """Raises ValueError naming `folder/tokenizer_config.json` when it cannot be read as JSON or when its
+    `tokenizer_class` is an Auto class rather than a tokenizer class; a Hub id or a folder without the file passes."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    name = saved.get("tokenizer_class") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict) or (isinstance(name, str) and name.startswith("Auto")):
+        raise ValueError(
+            f"{path}: tokenizer_class must name a tokenizer class (such as BertTokenizer), got {name!r}"
+            if isinstance(saved, dict)
+            else f"{path}: expected a JSON object"
+        )
+
+
 class MmsaImagesKwargs(ImagesKwargs, total=False):
     training: bool
 
@@ -132,6 +154,14 @@ class MmsaProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, max_length: int = 128, **kwargs):
         self.max_length = max_length
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`ProcessorMixin.from_pretrained`, refusing first, with the file named, a local folder whose
+        `tokenizer_config.json` is not valid JSON or names no concrete tokenizer class (`AutoTokenizer` there sends
+        transformers' tokenizer resolution round in circles)."""
+        check_tokenizer_config(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_model_config(cls, config, tokenizer, max_length: int = 128):

@@ -212,6 +212,18 @@ def build_compute_metrics(id2label: dict[int, str]):
     return compute_metrics
 
 
+def report_files(prefix: str = "test") -> dict[str, str]:
+    """The names of the report files of a split: `{prefix}_results.json`, `{prefix}_predictions.jsonl`,
+    `{prefix}_classification_report.txt`, `{prefix}_confusion_matrix.json` and `.png`."""
+    return {
+        "results": f"{prefix}_results.json",
+        "predictions": f"{prefix}_predictions.jsonl",
+        "classification_report": f"{prefix}_classification_report.txt",
+        "confusion_matrix": f"{prefix}_confusion_matrix.json",
+        "confusion_matrix_plot": f"{prefix}_confusion_matrix.png",
+    }
+
+
 def write_test_report(
     output_dir: str | Path,
     metrics: dict,
@@ -221,33 +233,38 @@ def write_test_report(
     post_ids: list | None = None,
     prefix: str = "test",
 ) -> dict:
-    """Writes `{prefix}_results.json`, `classification_report.txt`, `confusion_matrix.png` (+ `.json`) and, with
-    `post_ids`, `{prefix}_predictions.jsonl` (one `{"id", "label", "prediction"}` per post, label names)."""
+    """Writes a split's report files, each named by the split (`report_files(prefix)`), atomically: the metrics, the
+    classification report, the confusion matrix (`.json` and a `.png` titled with the split) and, with `post_ids`,
+    the predictions (one `{"id", "label", "prediction"}` per post, label names)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
 
+    from .file_utils import atomic_path, write_text_atomic
+
     output_dir = Path(output_dir)
+    files = {key: output_dir / name for key, name in report_files(prefix).items()}
     names = [id2label[i] for i in sorted(id2label)]
     ids = list(range(len(names)))
-    (output_dir / f"{prefix}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(files["results"], json.dumps(metrics, indent=2) + "\n")
     if post_ids is not None:
         rows = [
             {"id": i, "label": names[int(r)], "prediction": names[int(p)]}
             for i, r, p in zip(post_ids, references, predictions)
         ]
-        (output_dir / f"{prefix}_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(files["predictions"], "".join(json.dumps(r) + "\n" for r in rows))
     report = classification_report(references, predictions, labels=ids, target_names=names, digits=4, zero_division=0)
-    (output_dir / "classification_report.txt").write_text(report)
+    write_text_atomic(files["classification_report"], report)
     matrix = confusion_matrix(references, predictions, labels=ids)
-    (output_dir / "confusion_matrix.json").write_text(json.dumps({"labels": names, "matrix": matrix.tolist()}) + "\n")
+    write_text_atomic(files["confusion_matrix"], json.dumps({"labels": names, "matrix": matrix.tolist()}) + "\n")
     figure, axis = plt.subplots(figsize=(4.5, 4))
     ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=axis, cmap="Blues", colorbar=False)
-    axis.set_title("MVSA test split")
+    axis.set_title(f"MVSA {prefix} split")
     figure.tight_layout()
-    figure.savefig(output_dir / "confusion_matrix.png", dpi=120)
+    with atomic_path(files["confusion_matrix_plot"]) as partial:
+        figure.savefig(partial, dpi=120, format="png")
     plt.close(figure)
     return {"report": report, "confusion_matrix": matrix}
 
