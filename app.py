@@ -124,7 +124,9 @@ def build_demo(
             raise gr.Error(url_unavailable(timeout)) from error
 
     def run(image, image_url, text):
-        if config.uses_text and len(text or "") > MAX_TEXT_CHARACTERS:
+        if config.uses_text and not (text or "").strip():
+            raise gr.Error("Please type the post's text.")
+        if config.uses_text and len(text) > MAX_TEXT_CHARACTERS:
             raise gr.Error(f"Please keep the text under {MAX_TEXT_CHARACTERS} characters.")
         data = read_image(image, image_url) if config.uses_vision else None
         try:

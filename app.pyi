@@ -53,9 +53,7 @@ class UploadedImage(gr.Image):
             if payload is not None and getattr(payload, "path", None):
                 Path(payload.path).unlink(missing_ok=True)
             raise gr.Error(UPLOAD_UNREADABLE) from error
-    from collections.abc import Callable, Sequence
-    from typing import TYPE_CHECKING, Any, Literal
-
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
 
     if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .file_utils import atomic_path
 from .processing_mmsa import IMAGE_LOADER_VERSION, load_rgb_image
 
 
@@ -272,9 +273,8 @@ def _cached(store: Path, keys: list[str], compute, kind: str, with_tokens: bool)
         metadata["keys"] = json.dumps(new_keys)
         path = store / f"{_digest(new_keys, with_tokens).hexdigest()[:24]}.safetensors"
         store.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(partial), metadata=metadata)
-        partial.replace(path)  # atomic: a killed run never leaves a half-written shard
+        with atomic_path(path) as partial:  # a killed run never leaves a half-written shard
+            save_file(tensors, str(partial), metadata=metadata)
         for row, key in enumerate(new_keys):
             where[key] = (len(shards), row)
         shards.append(path)

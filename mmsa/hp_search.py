@@ -13,10 +13,9 @@ A search-space parameter is applied where it belongs: a `TrainingArguments` fiel
 
 import json
 import logging
-import os
-from pathlib import Path
 
 from .configuration_mmsa import MmsaConfig
+from .file_utils import write_text_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -104,11 +103,7 @@ def search_hyperparameters(
         "trials": trials,
     }
     if output_file is not None:
-        output_file = Path(output_file)
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = output_file.with_name(f"{output_file.name}.tmp{os.getpid()}")
-        partial.write_text(json.dumps(record, indent=2) + "\n")
-        partial.replace(output_file)  # atomic: a killed search never leaves a half-written record
+        write_text_atomic(output_file, json.dumps(record, indent=2) + "\n")  # never a half-written record
     logger.info(
         "Hyperparameter search: best %s %.4f (trial %s of %d): %s",
         key,

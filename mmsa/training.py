@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .file_utils import write_text_atomic
 from .metrics import load_sentiment_metrics
 from .processing_mmsa import load_rgb_image
 
@@ -535,4 +536,4 @@ class RunInfoCallback(TrainerCallback):
 
     def write(self, output_dir: str | Path):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "run_info.json").write_text(json.dumps(self.info, indent=2) + "\n")
+        write_text_atomic(Path(output_dir) / "run_info.json", json.dumps(self.info, indent=2) + "\n")
