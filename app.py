@@ -43,19 +43,23 @@ def url_unavailable(timeout: float) -> str:
     )
 
 
-class UploadedImage(gr.Image):
-    """`gr.Image` whose upload reaches the app as its file path, undecoded, and whose unreadable uploads get the
-    app's own message instead of Gradio's generic error (the file is decoded by `mmsa.posts.read_post`)."""
+def uploaded_image(**kwargs) -> gr.Image:
+    """A `gr.Image` whose upload reaches the app as its file path, undecoded (`mmsa.posts.read_post` decodes it),
+    and whose unreadable uploads get the app's own message instead of Gradio's generic error. (Its `preprocess` is
+    wrapped on the instance: a subclass would make Gradio write a type stub beside this file.)"""
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    preprocess = component.preprocess
 
-    is_template = True  # drawn by the front end as a plain Image
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except Exception as error:  # Pillow cannot even open it (not an image, a decompression bomb)
             if payload is not None and getattr(payload, "path", None):
                 Path(payload.path).unlink(missing_ok=True)
             raise gr.Error(UPLOAD_UNREADABLE) from error
+
+    component.preprocess = checked
+    return component
 
 
 def load(model_id: str, trust_remote_code: bool = False, revision: str | None = None):
@@ -145,11 +149,13 @@ def build_demo(
                 raise gr.Error(str(error)) from error
         scale = max([abs(score) for _, score in explanation.words] + [1e-12])
         words = [(word, score / scale) for word, score in explanation.words]
+        sentiments = explanation.modality_sentiments or {}
         return (
             explanation.probabilities,
             words,
             explanation.overlay(),
             explanation.modality_shares,
+            {f"{name}: {item['label']}": item["score"] for name, item in sentiments.items()},
         )
 
     with gr.Blocks(title="Multimodal sentiment (mmsa)", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
@@ -159,9 +165,7 @@ def build_demo(
         )
         with gr.Row():
             with gr.Column():
-                image = UploadedImage(
-                    type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"], format="png"
-                )
+                image = uploaded_image(label="Image", sources=["upload", "clipboard"], format="png")
                 image_url = gr.Textbox(label="…or an image URL", placeholder="https://…", max_length=2048)
                 text = gr.Textbox(
                     label="Text", lines=3, placeholder="What the post says", max_length=MAX_TEXT_CHARACTERS
@@ -175,10 +179,15 @@ def build_demo(
                 )
                 heatmap = gr.Image(label="Image evidence (heatmap)", type="pil", elem_id="heatmap")
                 shares = gr.Label(label="Modality shares", elem_id="shares")
+                modalities = gr.Label(
+                    label="Each modality on its own (the text head and the image head)",
+                    elem_id="modalities",
+                    visible=bool(config.modality_heads),
+                )
         submit.click(
             run,
             [image, image_url, text],
-            [label, words, heatmap, shares],
+            [label, words, heatmap, shares, modalities],
             api_name="explain",
             concurrency_limit=concurrency,
         )

@@ -34,6 +34,7 @@ from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArgume
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, get_last_checkpoint
 
 from mmsa import FUSION_NEEDS, MmsaConfig
+from mmsa.calibration import softmax
 from mmsa.configuration_mmsa import SENTIMENT_LABELS
 from mmsa.data import load_mvsa
 from mmsa.feature_cache import cache_image_features, cache_text_features
@@ -46,13 +47,16 @@ from mmsa.training import (
     RunInfoCallback,
     build_compute_metrics,
     build_model_and_processor,
+    calibrate,
     check_label_coverage,
     class_weights_from,
     cores_per_process,
     fingerprint_mismatch,
     format_config_overrides,
     make_transform,
+    modality_accuracies,
     parse_config_overrides,
+    post_logits,
     run_fingerprint,
     set_cpu_threads,
     write_test_report,
@@ -128,6 +132,13 @@ class DataArguments:
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many evaluations without improvement (0: never)."}
     )
+    conflicts_in_train: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the posts whose text and image labels conflict (positive against negative) to the training "
+            "split, without a post label, for the modality heads (a raw MVSA folder only; never in validation/test)."
+        },
+    )
     strict: bool = field(
         default=False,
         metadata={
@@ -186,6 +197,24 @@ class MmsaTrainingArguments(TrainingArguments):
             "and are scored on, so that the validation split plays no part in the search and stays a fair yardstick "
             "for early stopping and for comparing runs (0: score the trials on the validation split)."
         },
+    )
+    calibration: str = field(
+        default="temperature",
+        metadata={
+            "help": "After training: 'temperature' fits the temperature(s) on the validation split by negative "
+            "log-likelihood (stored in the config; predictions unchanged, probabilities calibrated), 'none' skips it."
+        },
+    )
+    rule_weight_grid: str = field(
+        default="0,0.25,0.5,0.75,1",
+        metadata={
+            "help": "With modality heads and calibration: the weights of the labelling rule's distribution tried "
+            "on the validation split (macro-F1); the best becomes `rule_weight` ('' keeps 0)."
+        },
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"],
+        metadata={"help": "The post labels (the modality heads' labels are inputs, not prediction targets)."},
     )
     cpu_threads: int | None = field(
         default=None,
@@ -365,6 +394,8 @@ def check_arguments(training_args, model_args) -> None:
     """Refuses, before any work, arguments that would train nothing or cannot be served."""
     if not training_args.do_train and not model_args.model_name_or_path:
         raise ValueError("Without --do_train, name the model to evaluate with --model_name_or_path.")
+    if training_args.calibration not in ("temperature", "none"):
+        raise ValueError(f"--calibration must be 'temperature' or 'none', got {training_args.calibration!r}")
     if training_args.do_train and training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
         raise ValueError(
             f"--num_train_epochs must be positive to train, got {training_args.num_train_epochs:g} "
@@ -411,8 +442,13 @@ def main(argv=None):
             "Name a dataset with --dataset_name_or_path or set MVSA_SINGLE_DIR to the raw MVSA-Single folder."
         )
     with training_args.main_process_first(desc="building the dataset"):
+        extra = {"conflicts_in_train": True} if data_args.conflicts_in_train else {}
         dataset = load_mvsa(
-            source, variant=data_args.dataset_variant, seed=data_args.split_seed, split_file=data_args.split_file
+            source,
+            variant=data_args.dataset_variant,
+            seed=data_args.split_seed,
+            split_file=data_args.split_file,
+            **extra,
         )
     for name, limit in (
         ("train", data_args.max_train_samples),
@@ -505,6 +541,7 @@ def main(argv=None):
                 max_length=data_args.max_text_length,
                 use_text=config.uses_text,
                 use_images=config.uses_vision,
+                modality_labels=config.modality_heads,
                 **caches[name],
             )
         )
@@ -543,6 +580,10 @@ def main(argv=None):
             f", resuming from {checkpoint}" if checkpoint else "",
         )
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if training_args.calibration == "temperature" and len(dataset["validation"]):
+            grid = [float(value) for value in training_args.rule_weight_grid.split(",") if value.strip()]
+            calibration = calibrate(trainer, prepared("validation", training=False), dataset["validation"], grid)
+            trainer.save_metrics("calibration", calibration)
         trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
         metrics = train_result.metrics
         metrics["train_samples"] = len(dataset["train"])
@@ -563,12 +604,12 @@ def main(argv=None):
         logger.info("Evaluating the best model on the test split (%d posts)", len(dataset["test"]))
         prediction = trainer.predict(prepared("test", training=False), metric_key_prefix="test")
         test_metrics = dict(prediction.metrics)
+        test_metrics.update(modality_accuracies(prediction.predictions, dataset["test"]))
         test_metrics["test_samples"] = len(dataset["test"])
         trainer.log_metrics("test", test_metrics)
         trainer.save_metrics("test", test_metrics)
         if trainer.is_world_process_zero():
-            logits = prediction.predictions
-            logits = logits[0] if isinstance(logits, tuple) else logits
+            logits = post_logits(prediction.predictions)
             write_test_report(
                 training_args.output_dir,
                 test_metrics,
@@ -576,6 +617,7 @@ def main(argv=None):
                 prediction.label_ids,
                 config.id2label,
                 post_ids=list(dataset["test"]["id"]),
+                probabilities=softmax(logits),
             )
             logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
     if trainer.is_world_process_zero():

@@ -24,13 +24,25 @@ from results_tables import METRICS, ORDER, RESULTS, ROOT
 CONFIG = ROOT / "configs" / "offline_minilm_effnet.yaml"
 
 
+CALIBRATION_METRICS = (
+    "test_ece",
+    "test_nll",
+    "test_brier",
+    "test_mean_confidence",
+    "test_text_sentiment_accuracy",
+    "test_image_sentiment_accuracy",
+)
+"""Recorded when the run reports them (runs with calibration, runs with modality heads)."""
+
+
 def provenance() -> dict:
-    """The `mmsa` version and behaviour probe of the code in this checkout."""
+    """The `mmsa` version and behaviour probe of the code in this checkout (in float32, as it ran, and in float64,
+    `code_probe`, which the staleness check compares since it does not depend on the CPU)."""
     sys.path.insert(0, str(ROOT))
     import mmsa
-    from mmsa.testing_utils import behaviour_probe
+    from mmsa.testing_utils import behaviour_probe, code_probe
 
-    return {"mmsa_version": mmsa.__version__, "behaviour_probe": behaviour_probe()}
+    return {"mmsa_version": mmsa.__version__, "behaviour_probe": behaviour_probe(), "code_probe": code_probe()}
 
 
 def search_summary(output_dir: Path) -> dict:
@@ -74,6 +86,12 @@ def run(
         "fusion": info.get("model_args", {}).get("fusion", fusion),
         "seed": seed,
         **{key: test[key] for key in METRICS},
+        **{key: test[key] for key in CALIBRATION_METRICS if key in test},
+        **(
+            {"calibration": json.loads((output_dir / "calibration_results.json").read_text())}
+            if (output_dir / "calibration_results.json").is_file()
+            else {}
+        ),
         "per_class_f1": {k[len("test_f1_") :]: v for k, v in test.items() if k.startswith("test_f1_")},
         "best_validation_macro_f1": state["best_metric"],
         "best_checkpoint": Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None,

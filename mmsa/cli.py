@@ -6,6 +6,7 @@
     mmsa explain --model M --text T --image I --output why.html|why.png|why.json [--target LABEL]
     mmsa explain --model M --input posts.jsonl --output DIR [--format html|png]
     mmsa export-onnx --model M --output DIR [--quantize int8] [--opset 18]
+    mmsa calibrate --model DIR --dataset D [--split validation]
 
 `predict` and `evaluate` take `--device`, `--dtype bfloat16` (faster on CPUs with AVX512-BF16/AMX and on recent GPUs) and `--compile`
 (compiles the image tower: a compilation on the first batch, then faster batches; for batch jobs).
@@ -214,6 +215,21 @@ def predict_file(
     return {**totals, "blank_lines": blank, "processes": world}
 
 
+def classify(classifier, posts, batch_size: int, top_k) -> list[dict]:
+    """One record per post: `label` and `score` (top_k=1) or `scores` (every label), plus `text_sentiment` and
+    `image_sentiment` (`{"label", "score"}`) when the model has modality heads."""
+    modalities = bool(getattr(classifier.model.config, "modality_heads", False))
+    extra = {"return_modalities": True} if modalities else {}
+    records = []
+    for prediction in classifier(posts, batch_size=batch_size, top_k=top_k, **extra):
+        scores = prediction["scores"] if modalities else prediction
+        record = dict(scores[0]) if top_k == 1 else {"scores": scores}
+        if modalities:
+            record.update(text_sentiment=prediction["text_sentiment"], image_sentiment=prediction["image_sentiment"])
+        records.append(record)
+    return records
+
+
 @contextmanager
 def reader_pool(workers: int):
     """A thread pool that is waited for when the block ends normally, and abandoned (pending reads cancelled) when
@@ -254,13 +270,12 @@ def predict_rows(
         for start in range(0, len(rows), batch_size):
             prepared = list(readers.map(prepare, rows[start : start + batch_size]))
             posts = [post for _, post, _ in prepared if post is not None]
-            predictions = iter(classifier(posts, batch_size=batch_size, top_k=top_k) if posts else [])
+            predictions = iter(classify(classifier, posts, batch_size, top_k) if posts else [])
             for record, post, error in prepared:
                 if post is None:
                     record["error"] = error
                 else:
-                    prediction = next(predictions)
-                    record.update(prediction[0]) if top_k == 1 else record.update(scores=prediction)
+                    record.update(next(predictions))
                 counts["errors" if "error" in record else "predicted"] += 1
                 out.write(json_line(record))
             bar.update(len(prepared))
@@ -374,11 +389,17 @@ def evaluate_model(
     if model_labels != set(names):
         raise ValueError(f"the model's labels {sorted(model_labels)} are not the dataset's {sorted(names)}")
     posts = ({"text": row["text"], "image": row["image"]} for row in data)  # a generator in, an iterator out
-    predictions = []
-    for output in tqdm(classifier(posts, batch_size=batch_size), total=len(data), desc="evaluating", unit="post"):
-        predictions.append(names.index(output[0]["label"]))
+    probabilities = []
+    outputs = classifier(posts, batch_size=batch_size, top_k=None)
+    for output in tqdm(outputs, total=len(data), desc="evaluating", unit="post"):
+        scores = {item["label"]: item["score"] for item in output}
+        probabilities.append([scores[name] for name in names])
+    probabilities = np.asarray(probabilities)
+    predictions = probabilities.argmax(-1).tolist()
     references = list(data["label"])
-    metrics = load_sentiment_metrics().compute(predictions=predictions, references=references, labels=list(names))
+    metrics = load_sentiment_metrics().compute(
+        predictions=predictions, references=references, labels=list(names), probabilities=probabilities
+    )
     metrics = {f"{split}_{key}": value for key, value in metrics.items()}
     metrics[f"{split}_samples"] = len(references)
     if output_dir is not None:
@@ -391,8 +412,80 @@ def evaluate_model(
             dict(enumerate(names)),
             post_ids=list(data["id"]),
             prefix=split,
+            probabilities=probabilities,
         )
     return metrics
+
+
+def split_logits(model, processor, data, batch_size: int) -> dict[str, np.ndarray]:
+    """The model's `logits` (and `text_logits`, `image_logits` with modality heads) on every post of a split."""
+    import torch
+
+    from .image_io import load_rgb_image
+
+    config, outputs = model.config, {}
+    for start in tqdm(range(0, len(data), batch_size), desc="predicting", unit="batch"):
+        rows = data[start : start + batch_size]
+        inputs = processor(
+            text=rows["text"] if config.uses_text else None,
+            images=[load_rgb_image(image) for image in rows["image"]] if config.uses_vision else None,
+        )
+        with torch.no_grad():
+            result = model(**inputs)
+        for key in ("logits", "text_logits", "image_logits"):
+            if getattr(result, key, None) is not None:
+                outputs.setdefault(key, []).append(getattr(result, key).float().numpy())
+    return {key: np.concatenate(values) for key, values in outputs.items()}
+
+
+RULE_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def calibrate_folder(model_dir: Path, dataset: str, split: str = "validation", batch_size: int = 32) -> dict:
+    """Fits the temperature(s) of a saved model folder on a split (by negative log-likelihood) and, with modality
+    heads, its rule weight (by macro-F1), and writes them into the folder's `config.json` (atomically; every other
+    file and key stays as it was). Predictions never change with the temperature."""
+    from .calibration import calibration_metrics, fit_temperature, softmax
+    from .data import load_mvsa
+    from .file_utils import write_text_atomic
+    from .training import choose_rule_weight
+
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"--model {model_dir}: mmsa calibrate writes into a local model folder with a config.json")
+    splits = load_mvsa(dataset)
+    if split not in splits:
+        raise ValueError(f"{dataset} has no split {split!r}; its splits are {', '.join(splits)}")
+    model, processor = load_explainer(str(model_dir))
+    config = model.config
+    config.temperature = config.text_temperature = config.image_temperature = 1.0
+    config.rule_weight = 0.0
+    data = splits[split]
+    logits = split_logits(model, processor, data, batch_size)
+    references = np.asarray(data["label"])
+    fitted = {"temperature": fit_temperature(logits["logits"], references)}
+    before = calibration_metrics(softmax(logits["logits"]), references)
+    after = calibration_metrics(softmax(logits["logits"] / fitted["temperature"]), references)
+    if "text_logits" in logits:
+        fitted["text_temperature"] = fit_temperature(logits["text_logits"], np.asarray(data["text_label"]))
+        fitted["image_temperature"] = fit_temperature(logits["image_logits"], np.asarray(data["image_label"]))
+        fitted["rule_weight"], _ = choose_rule_weight(
+            softmax(logits["logits"] / fitted["temperature"]),
+            softmax(logits["text_logits"] / fitted["text_temperature"]),
+            softmax(logits["image_logits"] / fitted["image_temperature"]),
+            references,
+            config.label2id,
+            RULE_WEIGHT_GRID,
+        )
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    write_text_atomic(config_path, json.dumps({**saved, **fitted}, indent=2, sort_keys=True) + "\n")
+    return {
+        **fitted,
+        "split": split,
+        "posts": len(references),
+        **{f"{key}_before": before[key] for key in ("nll", "ece")},
+        **{f"{key}_after": after[key] for key in ("nll", "ece")},
+    }
 
 
 def positive_int(value: str) -> int:
@@ -467,6 +560,13 @@ def run(argv=None):
     explainer.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty --output folder (with --input) once complete"
     )
+    calibrator = commands.add_parser(
+        "calibrate", help="fit a model folder's temperature on a dataset split and write it into its config.json"
+    )
+    calibrator.add_argument("--model", required=True, type=Path, help="a saved model folder (written in place)")
+    calibrator.add_argument("--dataset", required=True, help="raw MVSA folder, saved dataset folder or Hub id")
+    calibrator.add_argument("--split", default="validation", help="never the test split you report on")
+    calibrator.add_argument("--batch_size", type=positive_int, default=32)
     exporter = commands.add_parser(
         "export-onnx", help="export a model folder to ONNX (one graph), optionally with a dynamic-int8 variant"
     )
@@ -485,6 +585,10 @@ def run(argv=None):
             return run_predict(parser, args)
         if args.command == "explain":
             return run_explain(parser, args)
+        if args.command == "calibrate":
+            result = calibrate_folder(args.model, args.dataset, args.split, args.batch_size)
+            print(json.dumps(result, indent=2))
+            return result
         if args.command == "export-onnx":
             from .onnx import export_onnx
 
@@ -554,7 +658,10 @@ def run_predict(parser, args):
         return report_counts(counts, "predicted", args.output)
     draft = getattr(classifier.image_processor, "draft_size", None)
     post = read_row({"text": args.text, "image": args.image}, Path.cwd(), classifier.model.config, args.timeout, draft)
-    result = classifier(post, top_k=top_k)
+    if getattr(classifier.model.config, "modality_heads", False):
+        result = classify(classifier, [post], 1, top_k)[0]  # with text_sentiment and image_sentiment
+    else:
+        result = classifier(post, top_k=top_k)
     print(json.dumps(result, ensure_ascii=False))
     return result
 

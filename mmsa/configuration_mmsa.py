@@ -95,6 +95,25 @@ class MmsaConfig(PreTrainedConfig):
             layers stay fixed. `None` trains every layer. Ignored when `freeze_text_backbone` is set.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the new fusion layers.
+        temperature (`float`, *optional*, defaults to 1.0):
+            The post logits are divided by it in the forward pass (the loss uses the raw logits), so that every route
+            (pipeline, CLI, ONNX, explanations, demo) gives calibrated probabilities; the argmax never changes. Fitted
+            on the validation split by `train_hf.py --calibration temperature` or `mmsa calibrate` (1.0: as trained).
+        modality_heads (`bool`, *optional*, defaults to `False`):
+            Add a text head and an image head on the projected pooled features, trained on each post's `text_label`
+            and `image_label` (any fusion that uses both towers); the model then also returns `text_logits` and
+            `image_logits`.
+        modality_loss_weight (`float`, *optional*, defaults to 0.5):
+            Weight of each modality head's cross-entropy in the loss.
+        text_temperature (`float`, *optional*, defaults to 1.0):
+            Temperature of the text head's logits (as `temperature`).
+        image_temperature (`float`, *optional*, defaults to 1.0):
+            Temperature of the image head's logits (as `temperature`).
+        rule_weight (`float`, *optional*, defaults to 0.0):
+            With modality heads: the post distribution is `(1 - rule_weight) * fused + rule_weight * rule`, where
+            `rule` is the post distribution the two calibrated modality distributions imply under MVSA's labelling
+            rule (agreeing labels, or the non-neutral one; positive against negative excluded, renormalised).
+            Chosen on validation by `train_hf.py` (`--rule_weight_grid`); 0 keeps the fused head's alone.
         num_labels / id2label / label2id:
             Standard classification fields; default to the three MVSA classes `negative`, `neutral`, `positive`.
 
@@ -130,6 +149,12 @@ class MmsaConfig(PreTrainedConfig):
     freeze_vision_backbone: bool = False
     text_trainable_layers: int | None = None
     initializer_range: float = 0.02
+    temperature: float = 1.0
+    modality_heads: bool = False
+    modality_loss_weight: float = 0.5
+    text_temperature: float = 1.0
+    image_temperature: float = 1.0
+    rule_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and kwargs.get("num_labels") in (None, len(SENTIMENT_LABELS)):
@@ -150,6 +175,13 @@ class MmsaConfig(PreTrainedConfig):
                 f"`fusion_hidden_size` ({self.fusion_hidden_size}) must be divisible by `fusion_num_heads` "
                 f"({self.fusion_num_heads})."
             )
+        for name in ("temperature", "text_temperature", "image_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)}.")
+        if not 0.0 <= self.rule_weight <= 1.0:
+            raise ValueError(f"`rule_weight` must be in [0, 1], got {self.rule_weight}.")
+        if self.modality_heads and not (self.uses_text and self.uses_vision):
+            raise ValueError(f"`modality_heads` needs a fusion that uses both towers, not {self.fusion!r}.")
         if self.class_weights is not None and len(self.class_weights) != self.num_labels:
             raise ValueError(
                 f"`class_weights` has {len(self.class_weights)} entries but the model has {self.num_labels} labels."

@@ -76,6 +76,9 @@ class BuildReport:
     class_counts: dict = field(default_factory=dict)
     seed: int | None = None
     split_file: str | None = None
+    conflicts_in_train: int = 0
+    """Posts whose text and image labels conflict, added to the train split with no post label (`conflicts_in_train`);
+    they are also counted in `skipped["label_conflict"]`, as posts the post labels leave out."""
 
     def skip(self, reason: str, post_id: str | None, line: int | None, detail: str, strict: bool):
         where = f"{self.raw_dir}/{LABEL_FILE} line {line}" if line is not None else self.raw_dir
@@ -99,6 +102,7 @@ class BuildReport:
             "class_counts": self.class_counts,
             "seed": self.seed,
             "split_file": self.split_file,
+            "conflicts_in_train": self.conflicts_in_train,
         }
 
     def summary(self) -> str:
@@ -106,6 +110,11 @@ class BuildReport:
         return (
             f"MVSA-{self.variant}: {self.label_rows} label rows, kept {self.kept}, skipped {sum(self.skipped.values())} "
             f"({skipped}); {len(self.unlabelled_files)} unlabelled files; splits {self.split_counts}"
+            + (
+                f" ({self.conflicts_in_train} conflicting posts in train, for the modality heads only)"
+                if self.conflicts_in_train
+                else ""
+            )
         )
 
 
@@ -290,6 +299,7 @@ def build_mvsa(
     split_file: str | Path | None = None,
     num_proc: int | None = None,
     return_report: bool = False,
+    conflicts_in_train: bool = False,
 ):
     """Builds the `DatasetDict` (train / validation / test) of a raw MVSA release.
 
@@ -301,6 +311,10 @@ def build_mvsa(
         split_file: a JSON split (ids per split) to reuse instead of drawing one.
         num_proc: processes that read and decode the files (default: all cores).
         return_report: also return the `BuildReport`.
+        conflicts_in_train: also add the posts whose text and image labels conflict (positive against negative) to
+            the train split, with `label` -1 (no post label: the post loss ignores them) and their `text_label` and
+            `image_label`, for the modality heads. They never enter validation or test, and the split of the other
+            posts is the same as without them.
     """
     if variant not in ANNOTATORS:
         raise ValueError(f"variant must be one of {list(ANNOTATORS)}, got {variant!r}")
@@ -317,6 +331,7 @@ def build_mvsa(
 
     # 1. Label rows -> cleaned labels.
     candidates = {}  # id -> (line, text_label, image_label, label)
+    conflicts = {}  # the same, label None, for conflicts_in_train
     seen_lines = {}
     for line, fields in read_label_rows(raw_dir, variant):
         report.label_rows += 1
@@ -345,6 +360,8 @@ def build_mvsa(
         label = clean_label(text_label, image_label)
         if label is None:
             report.skip("label_conflict", post_id, line, f"text {text_label} vs image {image_label}", strict=False)
+            if conflicts_in_train:
+                conflicts[post_id] = (line, text_label, image_label, None)
             continue
         candidates[post_id] = (line, text_label, image_label, label)
 
@@ -359,23 +376,28 @@ def build_mvsa(
             report.unlabelled_files.append(path.name)
 
     # 3. Read and check the files of every candidate post.
-    post_ids = sorted(candidates, key=int)
-    records = {}
+    post_ids = sorted({**candidates, **conflicts}, key=int)
+    records, conflict_records = {}, {}
     for post_id, result in zip(post_ids, check_posts(data_dir, post_ids, num_proc)):
-        line, text_label, image_label, label = candidates[post_id]
+        line, text_label, image_label, label = candidates.get(post_id) or conflicts[post_id]
         if len(result) == 2:
-            report.skip(result[0], post_id, line, result[1], strict)
+            if post_id in candidates:  # a conflicting post is already counted as skipped
+                report.skip(result[0], post_id, line, result[1], strict)
             continue
         text, encoding, image_bytes = result
-        report.text_encodings[encoding] += 1
-        records[post_id] = {
+        record = {
             "id": post_id,
             "text": text,
             "image": {"bytes": image_bytes, "path": f"{post_id}.jpg"},
-            "label": LABELS.index(label),
+            "label": LABELS.index(label) if label is not None else -1,
             "text_label": LABELS.index(text_label),
             "image_label": LABELS.index(image_label),
         }
+        if post_id in candidates:
+            report.text_encodings[encoding] += 1
+            records[post_id] = record
+        else:
+            conflict_records[post_id] = record
     report.kept = len(records)
 
     # 4. Splits.
@@ -393,6 +415,10 @@ def build_mvsa(
     else:
         splits = stratified_split(kept_ids, [records[i]["label"] for i in kept_ids], seed)
 
+    if conflict_records:
+        records.update(conflict_records)
+        splits["train"] = sorted(splits["train"] + list(conflict_records), key=int)
+        report.conflicts_in_train = len(conflict_records)
     dataset = DatasetDict(
         {
             name: Dataset.from_list([records[i] for i in members], features=FEATURES, split=name)
@@ -403,7 +429,7 @@ def build_mvsa(
     )
     report.split_counts = {name: len(members) for name, members in splits.items()}
     report.class_counts = {
-        name: {LABELS[k]: v for k, v in sorted(Counter(records[i]["label"] for i in members).items())}
+        name: {LABELS[k]: v for k, v in sorted(Counter(records[i]["label"] for i in members).items()) if k >= 0}
         for name, members in splits.items()
     }
     if report.kept == 0:

@@ -77,6 +77,8 @@ class Explanation:
     """Integrated gradients' completeness gap: (sum of attributions) - (p(post) - p(baseline))."""
     truncated_words: int = 0
     """Words past the processor's `max_length`, which the model did not see (score 0)."""
+    modality_sentiments: dict | None = None
+    """With modality heads: `{"text": {"label", "score"}, "image": {...}}`, what each modality alone conveys."""
 
     def overlay(self, alpha: float = 0.5, max_side: int = OVERLAY_MAX_SIDE) -> Image.Image | None:
         """The image with the heatmap over it (red where the evidence lies), at most `max_side` pixels on its longer
@@ -174,6 +176,7 @@ class Explanation:
             "methods": self.methods,
             "convergence_delta": self.convergence_delta,
             "truncated_words": self.truncated_words,
+            "modality_sentiments": self.modality_sentiments,
         }
 
 
@@ -280,7 +283,14 @@ def explain(
     model.eval()
     inputs = dict(processor(text=text if config.uses_text else None, images=picture))
     with torch.no_grad():
-        probabilities = torch.softmax(model(**inputs).logits.float(), dim=-1)[0]
+        outputs = model(**inputs)
+    probabilities = torch.softmax(outputs.logits.float(), dim=-1)[0]
+    sentiments = None
+    if getattr(outputs, "text_logits", None) is not None:
+        sentiments = {}
+        for name in ("text", "image"):
+            modality = torch.softmax(getattr(outputs, f"{name}_logits").float(), dim=-1)[0]
+            sentiments[name] = {"label": config.id2label[int(modality.argmax())], "score": float(modality.max())}
     predicted = int(probabilities.argmax())
     if target is None:
         target_id = predicted
@@ -399,6 +409,7 @@ def explain(
         predicted=id2label[predicted],
         convergence_delta=float(delta.abs().max()),
         truncated_words=truncated,
+        modality_sentiments=sentiments,
     )
 
 

@@ -784,8 +784,51 @@ class MmsaModel(MmsaPreTrainedModel):
         return self.fusion.branch_sizes
 
 
+@dataclass
+class MmsaSequenceClassifierOutput(SequenceClassifierOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+        The cross-entropy of the post labels on the raw logits, plus `modality_loss_weight` times each modality
+        head's cross-entropy when `text_labels` / `image_labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        The post's scores: the fused head's logits divided by `config.temperature` (softmax gives calibrated
+        probabilities), mixed with the labelling rule's distribution when `config.rule_weight` > 0.
+    text_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+        The text head's logits divided by `config.text_temperature` (with `config.modality_heads`).
+    image_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+        The image head's logits divided by `config.image_temperature` (with `config.modality_heads`).
+    """
+
+    text_logits: torch.FloatTensor | None = None
+    image_logits: torch.FloatTensor | None = None
+
+
+def rule_distribution(text_probabilities, image_probabilities, label2id: dict) -> torch.Tensor:
+    """The post distribution that two modality distributions imply under MVSA's labelling rule (the MultiSentiNet
+    rule): agreeing labels give that label, a neutral one gives the other, positive against negative is dropped, so
+    the mass of those pairs is excluded and the rest renormalised. "neutral" is then "both neutral"."""
+    negative, neutral, positive = (label2id[name] for name in ("negative", "neutral", "positive"))
+    t, i = text_probabilities, image_probabilities
+    columns = {
+        positive: t[:, positive] * (i[:, positive] + i[:, neutral]) + t[:, neutral] * i[:, positive],
+        negative: t[:, negative] * (i[:, negative] + i[:, neutral]) + t[:, neutral] * i[:, negative],
+        neutral: t[:, neutral] * i[:, neutral],
+    }
+    implied = torch.stack([columns[index] for index in range(t.shape[-1])], dim=-1)
+    return implied / implied.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def cross_entropy(logits, labels, weight=None) -> torch.Tensor:
+    """The mean cross-entropy over the labelled posts (label -100 is ignored); 0 for a batch with none."""
+    labels = labels.to(logits.device)
+    if bool((labels == -100).all()):
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
 class MmsaForSequenceClassification(MmsaPreTrainedModel):
-    """`MmsaModel` with the fusion strategy's classification head(s) on top."""
+    """`MmsaModel` with the fusion strategy's classification head(s) on top, and with `config.modality_heads` a text
+    head and an image head that predict each modality's own sentiment."""
 
     accepts_loss_kwargs = False
     """The loss is a mean over the batch and takes no `num_items_in_batch`, so the `Trainer` divides it by the
@@ -801,6 +844,9 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         self.num_labels = config.num_labels
         self.mmsa = MmsaModel(config, text_model=text_model, vision_model=vision_model)
         self.classifiers = nn.ModuleList(MmsaClassificationHead(size, config) for size in self.mmsa.branch_sizes)
+        if config.modality_heads:
+            self.text_head = MmsaClassificationHead(config.fusion_hidden_size, config)
+            self.image_head = MmsaClassificationHead(config.fusion_hidden_size, config)
         self.post_init()
 
     @can_return_tuple
@@ -815,13 +861,19 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         text_features: torch.FloatTensor | None = None,
         text_tokens: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        text_labels: torch.LongTensor | None = None,
+        image_labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput:
+    ) -> MmsaSequenceClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices in `[0, num_labels)`; when given, the (optionally class-weighted) cross-entropy is returned.
+            Class indices in `[0, num_labels)` (-100: no post label, e.g. a post whose modalities conflict); when
+            given, the (optionally class-weighted) cross-entropy is returned.
+        text_labels / image_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Each modality's own label, for the modality heads (-100: none).
         """
+        config = self.config
         outputs = self.mmsa(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -843,11 +895,29 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         loss = None
         if labels is not None:
             weight = None
-            if self.config.class_weights is not None:
-                weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)
-            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weight)
+            if config.class_weights is not None:
+                weight = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
+            loss = cross_entropy(logits, labels, weight)
 
-        return SequenceClassifierOutput(loss=loss, logits=logits, attentions=outputs.attentions)
+        text_logits = image_logits = None
+        if config.modality_heads:
+            text_logits, image_logits = self.text_head(outputs.text_embeds), self.image_head(outputs.image_embeds)
+            for modality_logits, modality_labels in ((text_logits, text_labels), (image_logits, image_labels)):
+                if modality_labels is not None:
+                    term = config.modality_loss_weight * cross_entropy(modality_logits, modality_labels)
+                    loss = term if loss is None else loss + term
+            text_logits, image_logits = text_logits / config.text_temperature, image_logits / config.image_temperature
+
+        if config.temperature != 1.0:
+            logits = logits / config.temperature
+        if config.modality_heads and config.rule_weight > 0:
+            implied = rule_distribution(text_logits.softmax(-1), image_logits.softmax(-1), config.label2id)
+            mixed = (1 - config.rule_weight) * logits.softmax(-1) + config.rule_weight * implied
+            logits = mixed.clamp_min(1e-12).log()
+
+        return MmsaSequenceClassifierOutput(
+            loss=loss, logits=logits, text_logits=text_logits, image_logits=image_logits, attentions=outputs.attentions
+        )
 
 
 __all__ = [
@@ -858,5 +928,7 @@ __all__ = [
     "MmsaModel",
     "MmsaModelOutput",
     "MmsaPreTrainedModel",
+    "MmsaSequenceClassifierOutput",
     "register_fusion",
+    "rule_distribution",
 ]

@@ -9,7 +9,8 @@ logits = model(**processor(text=[...], images=[...]))        # numpy (batch, num
 ```
 
 The export is one graph (text tower, image tower and fusion: `input_ids`, `attention_mask`, [`token_type_ids`],
-`pixel_values` in, `logits` out), made by `torch.onnx.export(..., dynamo=True)` (the `torch.export` exporter):
+`pixel_values` in, `logits` out, calibrated by the model's temperature; with modality heads also `text_logits` and
+`image_logits`), made by `torch.onnx.export(..., dynamo=True)` (the `torch.export` exporter):
 the legacy TorchScript exporter traces `nn.MultiheadAttention`'s reshapes with the example's batch size baked in,
 so its graphs fail on other batch sizes, and Optimum would need a custom ONNX config for this architecture. Batch
 size and text length are dynamic; the image size is the processor's (fixed by its centre crop). One graph keeps
@@ -86,13 +87,17 @@ def export_onnx(
             self.inner = inner
 
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
-            return self.inner(
+            outputs = self.inner(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 token_type_ids=token_type_ids,
                 pixel_values=pixel_values,
-            ).logits
+            )
+            if config.modality_heads:
+                return outputs.logits, outputs.text_logits, outputs.image_logits
+            return outputs.logits
 
+    output_names = ["logits", "text_logits", "image_logits"] if config.modality_heads else ["logits"]
     batch = torch.export.Dim("batch", min=1, max=4096)
     sequence = torch.export.Dim(
         "sequence", min=1, max=config.text_config.max_position_embeddings if config.uses_text else 2
@@ -104,7 +109,7 @@ def export_onnx(
             (),
             kwargs=example,
             input_names=names,
-            output_names=["logits"],
+            output_names=output_names,
             dynamic_shapes=dynamic,
             opset_version=opset,
             dynamo=True,
@@ -139,7 +144,9 @@ def export_onnx(
                 }
                 for name in names
             ],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", config.num_labels]}],
+            "outputs": [
+                {"name": name, "dtype": "float32", "shape": ["batch", config.num_labels]} for name in output_names
+            ],
             "dynamic_axes": {"batch": "every input's first axis", "sequence": "the text inputs' second axis"},
             "opset": opset,
             "files": files,

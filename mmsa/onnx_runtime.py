@@ -175,13 +175,18 @@ class MmsaOnnxModel:
         return cls(folder, variant=variant, threads=threads)
 
     def __call__(self, **inputs) -> np.ndarray:
+        return self.outputs(**inputs)["logits"]
+
+    def outputs(self, **inputs) -> dict[str, np.ndarray]:
+        """Every output of the graph by name: `logits`, and `text_logits` / `image_logits` with modality heads."""
         feed = {}
         for name in self.input_names:
             if name not in inputs:
                 raise ValueError(f"the ONNX model needs {name!r}")
             value = inputs[name]
             feed[name] = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-        return self.session.run(["logits"], feed)[0]
+        names = [output.name for output in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed)))
 
 
 def load_tokenizer(folder):
@@ -231,18 +236,29 @@ class OnnxSentimentClassifier:
             inputs.update(self.image_processor([post["image"] for post in posts]))
         return inputs
 
-    def postprocess(self, logits: np.ndarray, top_k=1) -> list:
+    def ranked(self, logits: np.ndarray) -> list[list[dict]]:
         logits = logits.astype(np.float64)
         probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probabilities /= probabilities.sum(axis=-1, keepdims=True)
         id2label = self.model.id2label
-        results = []
-        for row in probabilities:
-            ranked = [{"label": id2label[int(i)], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
-            results.append(ranked if top_k is None else ranked[:top_k])
-        return results
+        return [
+            [{"label": id2label[int(i)], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
+            for row in probabilities
+        ]
 
-    def __call__(self, posts, batch_size: int = 32, top_k=1):
+    def postprocess(self, outputs: dict, top_k=1, return_modalities: bool = False) -> list:
+        results = [ranked if top_k is None else ranked[:top_k] for ranked in self.ranked(outputs["logits"])]
+        if not return_modalities:
+            return results
+        if "text_logits" not in outputs:
+            raise ValueError("return_modalities=True needs a model with modality heads (config.modality_heads)")
+        text, image = self.ranked(outputs["text_logits"]), self.ranked(outputs["image_logits"])
+        return [
+            {"scores": scores, "text_sentiment": t[0], "image_sentiment": i[0]}
+            for scores, t, i in zip(results, text, image)
+        ]
+
+    def __call__(self, posts, batch_size: int = 32, top_k=1, return_modalities: bool = False):
         single = isinstance(posts, dict)
         posts = [posts] if single else list(posts)
         # Batches of posts of similar text length (the text tower's cost grows with the padded length); the
@@ -264,7 +280,7 @@ class OnnxSentimentClassifier:
                 inputs = upcoming.result()
                 if index + 1 < len(batches):
                     upcoming = reader.submit(self.preprocess, batches[index + 1])
-                results.extend(self.postprocess(self.model(**inputs), top_k=top_k))
+                results.extend(self.postprocess(self.model.outputs(**inputs), top_k, return_modalities))
         in_order = [None] * len(posts)
         for position, result in zip(order, results):
             in_order[position] = result

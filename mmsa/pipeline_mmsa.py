@@ -21,7 +21,9 @@ class MultimodalSentimentPipeline(Pipeline):
     `image` is a PIL image, a file path or an http(s) URL, read by `load_rgb_image` as in training (EXIF
     orientation applied; a URL must arrive within `timeout` seconds, default 10: `classifier(post, timeout=3)` or
     `pipeline(..., timeout=3)`); a model built for one modality (`text_only`, `image_only`) needs only that key.
-    `top_k=1` (default) gives the best label, `top_k=None` all labels.
+    `top_k=1` (default) gives the best label, `top_k=None` all labels. A model with modality heads also tells what the
+    text alone and the image alone convey: `classifier(post, return_modalities=True)` gives `{"scores": [...],
+    "text_sentiment": {"label", "score"}, "image_sentiment": {"label", "score"}}`.
 
     For speed: the image tower runs in channels-last memory format; `dtype=torch.bfloat16` halves the precision
     (on CPUs with AVX512-BF16/AMX and recent GPUs), and `torch_compile=True` compiles the image tower
@@ -37,8 +39,10 @@ class MultimodalSentimentPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.model.optimize_for_inference(channels_last=True, compile_vision=torch_compile)
 
-    def _sanitize_parameters(self, top_k="", timeout=None, **kwargs):
+    def _sanitize_parameters(self, top_k="", timeout=None, return_modalities=None, **kwargs):
         preprocess, postprocess = {}, {}
+        if return_modalities is not None:
+            postprocess["return_modalities"] = return_modalities
         if timeout is not None:
             if not isinstance(timeout, (int, float)) or timeout <= 0:
                 raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}.")
@@ -59,14 +63,30 @@ class MultimodalSentimentPipeline(Pipeline):
         return dict(self.processor(text=post.get("text"), images=post.get("image")))
 
     def _forward(self, model_inputs):
-        return {"logits": self.model(**model_inputs).logits}
+        outputs = self.model(**model_inputs)
+        return {"logits": outputs.logits, "text_logits": outputs.text_logits, "image_logits": outputs.image_logits}
 
-    def postprocess(self, model_outputs, top_k=1):
-        probabilities = torch.softmax(model_outputs["logits"][0].float(), dim=-1)
-        id2label = self.model.config.id2label
-        ranked = torch.argsort(probabilities, descending=True).tolist()
-        results = [{"label": id2label[i], "score": float(probabilities[i])} for i in ranked]
-        return results if top_k is None else results[:top_k]
+    def postprocess(self, model_outputs, top_k=1, return_modalities=False):
+        results = ranked_labels(model_outputs["logits"][0], self.model.config.id2label)
+        results = results if top_k is None else results[:top_k]
+        if not return_modalities:
+            return results
+        if model_outputs.get("text_logits") is None:
+            raise ValueError("return_modalities=True needs a model with modality heads (config.modality_heads)")
+        return {
+            "scores": results,
+            **{
+                f"{name}_sentiment": ranked_labels(model_outputs[f"{name}_logits"][0], self.model.config.id2label)[0]
+                for name in ("text", "image")
+            },
+        }
+
+
+def ranked_labels(logits, id2label) -> list[dict]:
+    """`[{"label", "score"}, ...]` from one post's logits, best first (scores: the softmax probabilities)."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    ranked = torch.argsort(probabilities, descending=True).tolist()
+    return [{"label": id2label[i], "score": float(probabilities[i])} for i in ranked]
 
 
 def multimodal_sentiment_pipeline(model, processor, **kwargs):

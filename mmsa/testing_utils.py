@@ -113,7 +113,7 @@ def write_tiny_towers(folder, seed: int = 0):
     return folder / "text", folder / "vision"
 
 
-def behaviour_probe(seed: int = 0) -> dict:
+def behaviour_probe(seed: int = 0, dtype: str = "float32") -> dict:
     """What today's modelling code computes, in a few numbers: for every fusion strategy, a tiny model is joined from
     tiny towers with `from_text_vision_pretrained` under a fixed seed (so the fusion layers' initialisation is
     covered), then its eval-mode logits on fixed posts and its logits after one AdamW step are recorded; the pixel
@@ -122,7 +122,10 @@ def behaviour_probe(seed: int = 0) -> dict:
     norms, so a change of it alters a long training run without changing one step's logits beyond float noise.
 
     Results under `bench/results/` store this probe; a run whose probe differs from today's (beyond float noise)
-    was trained by other modelling code.
+    was trained by other modelling code. `dtype="float64"` computes it in double precision (`code_probe`, what the
+    staleness check compares): float32 kernels round differently on other CPUs (AVX2 against AVX-512 convolutions
+    move these logits by up to 6e-3), double-precision ones agree to far below the check's tolerance, so the float64
+    probe identifies the code and not the machine.
     """
     import io
     import tempfile
@@ -157,6 +160,9 @@ def behaviour_probe(seed: int = 0) -> dict:
             )
             processor = MmsaProcessor.from_model_config(model.config, tiny_tokenizer(), max_length=32)
             inputs = processor(text=texts, images=[image, Image.open(io.BytesIO(buffer.getvalue()))])
+            if dtype == "float64":
+                model = model.double()
+                inputs["pixel_values"] = inputs["pixel_values"].double()
             model.eval()
             with torch.no_grad():
                 before = model(**inputs).logits
@@ -188,6 +194,11 @@ def probe_keys(fusion: str) -> list[str]:
     """The `behaviour_probe` entries that determine a run of `fusion`: its logits, its parameter order, the pixels and
     the version of the cached features."""
     return [fusion, f"{fusion}_parameter_order", "pixels", "features"]
+
+
+def code_probe(seed: int = 0) -> dict:
+    """The behaviour probe in double precision: what identifies the modelling code whatever the CPU."""
+    return behaviour_probe(seed, dtype="float64")
 
 
 def probes_match(a: dict, b: dict, tolerance: float = 1e-4, keys=None) -> bool:

@@ -29,13 +29,17 @@ def make_transform(
     use_images: bool = True,
     text_cache=None,
     image_cache=None,
+    modality_labels: bool = False,
 ):
     """A `Dataset.with_transform` function: tokenises texts (unpadded; the collator pads) and turns images into
     `pixel_values` (random augmentation only when `training`); a frozen tower's inputs are replaced by its cached
-    features, read by the `feature_row` column."""
+    features, read by the `feature_row` column. With `modality_labels`, each post's `text_label` and `image_label`
+    go along as `text_labels` and `image_labels` (for the modality heads)."""
 
     def transform(batch):
         out = {"labels": list(batch["label"])}
+        if modality_labels:
+            out["text_labels"], out["image_labels"] = list(batch["text_label"]), list(batch["image_label"])
         if use_text:
             if text_cache is not None:
                 out.update(text_cache.rows(batch["feature_row"]))
@@ -78,7 +82,10 @@ class MmsaDataCollator:
         for key in ("text_features", "pixel_values", "image_features", "image_tokens"):
             if key in features[0]:
                 batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
-        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        for key in ("labels", "text_labels", "image_labels"):
+            if key in features[0]:  # -1 (a post without that label) is the loss's ignore index
+                values = torch.tensor([f[key] for f in features], dtype=torch.long)
+                batch[key] = values.masked_fill(values < 0, -100)
         return batch
 
 
@@ -198,16 +205,32 @@ class MmsaTrainer(Trainer):
             self.objective = better(previous, self.objective)
 
 
+def post_logits(predictions) -> np.ndarray:
+    """The post logits of a `Trainer` prediction (the first output when the model returns several)."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
+
+
+def modality_logits(predictions) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The text and image logits of a `Trainer` prediction of a model with modality heads (else `None`s)."""
+    if isinstance(predictions, tuple) and len(predictions) >= 3:
+        return predictions[1], predictions[2]
+    return None, None
+
+
 def build_compute_metrics(id2label: dict[int, str]):
-    """`compute_metrics` for the Trainer, through the local `evaluate` module."""
+    """`compute_metrics` for the Trainer, through the local `evaluate` module: accuracy, F1 and calibration."""
+    from .calibration import softmax
+
     metric = load_sentiment_metrics()
     labels = [id2label[i] for i in sorted(id2label)]
 
     def compute_metrics(eval_prediction):
-        logits = eval_prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits
+        logits = post_logits(eval_prediction.predictions)
         return metric.compute(
-            predictions=np.argmax(logits, axis=-1), references=eval_prediction.label_ids, labels=labels
+            predictions=np.argmax(logits, axis=-1),
+            references=eval_prediction.label_ids,
+            labels=labels,
+            probabilities=softmax(logits),
         )
 
     return compute_metrics
@@ -222,6 +245,7 @@ def report_files(prefix: str = "test") -> dict[str, str]:
         "classification_report": f"{prefix}_classification_report.txt",
         "confusion_matrix": f"{prefix}_confusion_matrix.json",
         "confusion_matrix_plot": f"{prefix}_confusion_matrix.png",
+        "reliability_diagram": f"{prefix}_reliability_diagram.png",
     }
 
 
@@ -233,10 +257,12 @@ def write_test_report(
     id2label: dict[int, str],
     post_ids: list | None = None,
     prefix: str = "test",
+    probabilities: np.ndarray | None = None,
 ) -> dict:
     """Writes a split's report files, each named by the split (`report_files(prefix)`), atomically: the metrics, the
-    classification report, the confusion matrix (`.json` and a `.png` titled with the split) and, with `post_ids`,
-    the predictions (one `{"id", "label", "prediction"}` per post, label names)."""
+    classification report, the confusion matrix (`.json` and a `.png` titled with the split), with `probabilities`
+    the reliability diagram, and with `post_ids` the predictions (one `{"id", "label", "prediction"}` per post,
+    label names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,6 +293,11 @@ def write_test_report(
     with atomic_path(files["confusion_matrix_plot"]) as partial:
         figure.savefig(partial, dpi=120, format="png")
     plt.close(figure)
+    if probabilities is not None:
+        from .calibration import plot_reliability_diagram
+
+        with atomic_path(files["reliability_diagram"]) as partial:
+            plot_reliability_diagram(probabilities, references, partial, f"MVSA {prefix} split")
     return {"report": report, "confusion_matrix": matrix}
 
 
@@ -305,8 +336,9 @@ def class_weights_from(option: str | None, train_labels, num_labels: int) -> lis
     if not option:
         return None
     if option == "balanced":
-        counts = Counter(int(label) for label in train_labels)
-        return [len(train_labels) / (num_labels * max(counts.get(i, 0), 1)) for i in range(num_labels)]
+        labelled = [int(label) for label in train_labels if int(label) >= 0]
+        counts = Counter(labelled)
+        return [len(labelled) / (num_labels * max(counts.get(i, 0), 1)) for i in range(num_labels)]
     return [float(v) for v in option.split(",")]
 
 
@@ -497,7 +529,10 @@ class RunInfoCallback(TrainerCallback):
             "data_args": data_args,
             "dataset": str(source),
             "label_counts": {
-                name: {label_names[k]: v for k, v in sorted(Counter(int(x) for x in split["label"]).items())}
+                name: {
+                    label_names[k] if k >= 0 else "no post label": v
+                    for k, v in sorted(Counter(int(x) for x in split["label"]).items())
+                }
                 for name, split in dataset.items()
             },
         }
@@ -537,3 +572,72 @@ class RunInfoCallback(TrainerCallback):
     def write(self, output_dir: str | Path):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(output_dir) / "run_info.json", json.dumps(self.info, indent=2) + "\n")
+
+
+# --- calibration after training ----------------------------------------------------------------------------------
+
+
+def choose_rule_weight(fused, text, image, references, label2id: dict, grid) -> tuple[float, dict]:
+    """The weight λ of the labelling rule's distribution in `(1 - λ) * fused + λ * rule` with the best macro-F1 on
+    these posts (ties: the smaller λ), from calibrated probabilities; returns it and every λ's macro-F1."""
+    from sklearn.metrics import f1_score
+
+    from .modeling_mmsa import rule_distribution
+
+    implied = rule_distribution(torch.as_tensor(text), torch.as_tensor(image), label2id).numpy()
+    scores = {}
+    for weight in grid:
+        mixed = (1 - weight) * np.asarray(fused) + weight * implied
+        scores[float(weight)] = float(f1_score(references, mixed.argmax(-1), average="macro", zero_division=0))
+    best = max(scores, key=lambda weight: (scores[weight], -weight))
+    return best, scores
+
+
+def calibrate(trainer, dataset, split, rule_weight_grid=()) -> dict:
+    """Temperature scaling of the trained model on `dataset` (the prepared validation split; `split` the raw one):
+    fits `config.temperature` (and, with modality heads, `text_temperature`, `image_temperature`) by minimising the
+    negative log-likelihood, then chooses `config.rule_weight` from `rule_weight_grid` on the same posts' macro-F1.
+    The argmax of the post logits never changes with the temperature. Returns what was fitted, with the NLL and ECE
+    before and after."""
+    from .calibration import calibration_metrics, fit_temperature, softmax
+
+    config = trainer.model.config
+    config.temperature = config.text_temperature = config.image_temperature = 1.0
+    config.rule_weight = 0.0
+    prediction = trainer.predict(dataset, metric_key_prefix="calibration")
+    logits, references = post_logits(prediction.predictions), np.asarray(prediction.label_ids)
+    config.temperature = fit_temperature(logits, references)
+    before = calibration_metrics(softmax(logits), references)
+    after = calibration_metrics(softmax(logits / config.temperature), references)
+    info = {"temperature": config.temperature, "posts": len(references)}
+    info.update({f"{key}_before": before[key] for key in ("nll", "ece")})
+    info.update({f"{key}_after": after[key] for key in ("nll", "ece")})
+    text, image = modality_logits(prediction.predictions)
+    if config.modality_heads and text is not None:
+        text_labels, image_labels = np.asarray(split["text_label"]), np.asarray(split["image_label"])
+        config.text_temperature = fit_temperature(text, text_labels)
+        config.image_temperature = fit_temperature(image, image_labels)
+        info.update(text_temperature=config.text_temperature, image_temperature=config.image_temperature)
+        if rule_weight_grid:
+            config.rule_weight, scores = choose_rule_weight(
+                softmax(logits / config.temperature),
+                softmax(text / config.text_temperature),
+                softmax(image / config.image_temperature),
+                references,
+                config.label2id,
+                rule_weight_grid,
+            )
+            info.update(rule_weight=config.rule_weight, rule_weight_macro_f1=scores)
+    logger.info("Calibrated on %d validation posts: %s", len(references), info)
+    return info
+
+
+def modality_accuracies(predictions, split, prefix: str = "test") -> dict:
+    """`{prefix}_text_sentiment_accuracy` and `{prefix}_image_sentiment_accuracy` of a model with modality heads."""
+    text, image = modality_logits(predictions)
+    if text is None:
+        return {}
+    return {
+        f"{prefix}_text_sentiment_accuracy": float((text.argmax(-1) == np.asarray(split["text_label"])).mean()),
+        f"{prefix}_image_sentiment_accuracy": float((image.argmax(-1) == np.asarray(split["image_label"])).mean()),
+    }

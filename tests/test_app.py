@@ -49,13 +49,16 @@ def test_gradio_client_gets_what_the_pipeline_gives(app_url, post, expected):
     from gradio_client import Client, handle_file
 
     client = Client(app_url, verbose=False)
-    label, words, heatmap, shares = client.predict(handle_file(post["image"]), "", post["text"], api_name="/explain")
+    label, words, heatmap, shares, modalities = client.predict(
+        handle_file(post["image"]), "", post["text"], api_name="/explain"
+    )
     assert label["label"] == max(expected, key=expected.get)
     shown = {item["label"]: item["confidence"] for item in label["confidences"]}
     assert shown == pytest.approx(expected, abs=1e-5)
     assert [item["token"] for item in words] == post["text"].split()
     assert Path(heatmap).is_file()
     assert sum(item["confidence"] for item in shares["confidences"]) == pytest.approx(1.0)
+    assert modalities.get("confidences") in (None, [])  # no modality heads: nothing shown
     with pytest.raises(Exception, match="upload an image"):
         client.predict(None, "", post["text"], api_name="/explain")
     with pytest.raises(Exception, match="type the post's text"):

@@ -299,9 +299,11 @@ def test_state_dict_keys_are_pinned(fusion):
 
 
 @pytest.mark.parametrize("fusion", FUSION_STRATEGIES)
-def test_pre_registry_weights_give_bit_identical_outputs(fusion):
-    """A state dict saved before fusion strategies became registered modules, converted, gives the very logits and
-    attention weights that code computed (fixture made by the pre-registry code, commit 3ef868b)."""
+def test_pre_registry_weights_give_the_same_outputs(fusion):
+    """A state dict saved before fusion strategies became registered modules, converted, gives the logits and
+    attention weights that code computed (fixture made by the pre-registry code, commit 3ef868b), to the rounding of
+    float32 kernels: bit for bit on the CPU that made the fixture, within 1e-5 on CPUs whose kernels round otherwise
+    (AVX-512 against AVX2). A wrongly converted tensor moves them by orders of magnitude more."""
     import json
 
     from safetensors import safe_open
@@ -320,10 +322,11 @@ def test_pre_registry_weights_give_bit_identical_outputs(fusion):
     model.eval()
     with torch.no_grad():
         output = model(**inputs, output_attentions=True)
-    assert torch.equal(output.logits, tensors[f"{fusion}.logits"])
+    torch.testing.assert_close(output.logits, tensors[f"{fusion}.logits"], rtol=1e-5, atol=1e-5)
     expected = [tensors[k] for k in sorted(k for k in tensors if k.startswith(f"{fusion}.attentions."))]
     assert len(output.attentions or ()) == len(expected)
-    assert all(torch.equal(a, b) for a, b in zip(output.attentions or (), expected))
+    for attention, reference in zip(output.attentions or (), expected):
+        torch.testing.assert_close(attention, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_a_fusion_of_ones_own_is_one_class(tmp_path):

@@ -1,9 +1,11 @@
-"""Accuracy, macro-F1, weighted-F1 and per-class F1 for sentiment classification, as an `evaluate` module.
+"""Accuracy, macro-F1, weighted-F1, per-class F1 and, given the probabilities, calibration (ECE, NLL, Brier score)
+for sentiment classification, as an `evaluate` module.
 
 import evaluate
 from mmsa.metrics import SENTIMENT_METRICS_PATH
 metric = evaluate.load(SENTIMENT_METRICS_PATH)
 metric.compute(predictions=[0, 2, 1], references=[0, 2, 2], labels=["negative", "neutral", "positive"])
+metric.compute(predictions=[0, 2], references=[0, 1], probabilities=[[0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
 """
 
 import datasets
@@ -11,7 +13,9 @@ import evaluate
 from sklearn.metrics import accuracy_score, f1_score
 
 
-_DESCRIPTION = """Accuracy, macro-F1, weighted-F1 and the F1 of every class (keys `f1_<label name>`)."""
+_DESCRIPTION = """Accuracy, macro-F1, weighted-F1 and the F1 of every class (keys `f1_<label name>`); with
+`probabilities`, also `ece` (10 equal-width bins of the top-class probability), `nll`, `brier` and
+`mean_confidence` (see `mmsa.calibration`)."""
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -19,8 +23,10 @@ Args:
     references (`list[int]`): true class ids.
     labels (`list[str]`, *optional*): class names, index = class id; defaults to `class_0`, `class_1`, ...
         Classes absent from both predictions and references still get an F1 (0.0).
+    probabilities (`list[list[float]]`, *optional*): each post's probability of every class.
 Returns:
-    `accuracy`, `macro_f1`, `weighted_f1`, and `f1_<name>` for each class.
+    `accuracy`, `macro_f1`, `weighted_f1`, and `f1_<name>` for each class; with `probabilities`, `ece`, `nll`,
+    `brier` and `mean_confidence`.
 """
 
 _CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython}, author={Pedregosa, F. and others},
@@ -38,7 +44,7 @@ class SentimentMetrics(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, labels=None):
+    def _compute(self, predictions, references, labels=None, probabilities=None):
         if labels is None:
             labels = [f"class_{i}" for i in range(max(list(predictions) + list(references)) + 1)]
         ids = list(range(len(labels)))
@@ -49,4 +55,8 @@ class SentimentMetrics(evaluate.Metric):
             "weighted_f1": float(f1_score(references, predictions, labels=ids, average="weighted", zero_division=0)),
         }
         results.update({f"f1_{name}": float(score) for name, score in zip(labels, per_class)})
+        if probabilities is not None:
+            from mmsa.calibration import calibration_metrics
+
+            results.update(calibration_metrics(probabilities, references))
         return results
