@@ -301,7 +301,7 @@ def save_explanation(explanation, path: Path) -> None:
         if path.suffix == ".html":
             partial.write_text(f"<!doctype html>\n<meta charset='utf-8'>\n{explanation.to_html()}\n", encoding="utf-8")
         elif path.suffix == ".png":
-            explanation.save_png(partial, format="png")
+            explanation.save_png(partial)
         else:
             partial.write_text(
                 json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
