@@ -13,12 +13,12 @@ YAML key (`--fusion_hidden_size 128`), which is folded into the overrides, so th
 alone. `--do_train`, `--do_eval` (validation) and `--do_predict` (test, with the report) are all on by default.
 `--dataset_name_or_path` is a raw MVSA release folder, a `save_to_disk` folder or a Hub dataset id; without it the
 raw folder in `$MVSA_SINGLE_DIR` is used. `output_dir` ends up a loadable model folder (config, weights, processor,
-custom code) with `test_results.json`, `test_predictions.jsonl`, `classification_report.txt`, `confusion_matrix.png`
-and `run_info.json`. `--push_to_hub` publishes it with `push_to_hub.py` (model card and all).
+custom code) with `test_results.json`, `test_predictions.jsonl`, `test_classification_report.txt`,
+`test_confusion_matrix.png`, `test_reliability_diagram.png` and `run_info.json`. `--push_to_hub` publishes it with
+`push_to_hub.py` (model card and all).
 """
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -27,20 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
 import transformers
-import yaml
 from transformers import EarlyStoppingCallback, HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, get_last_checkpoint
 
-from mmsa import FUSION_NEEDS, MmsaConfig
+from mmsa import list_fusions
 from mmsa.calibration import softmax
 from mmsa.configuration_mmsa import SENTIMENT_LABELS
 from mmsa.data import load_mvsa
-from mmsa.feature_cache import cache_image_features, cache_text_features
-from mmsa.hp_search import default_hp_space, search_hyperparameters, split_hyperparameters
 from mmsa.pipeline_mmsa import save_for_pipeline
 from mmsa.training import (
+    CONFIG_FIELDS,
     MmsaDataCollator,
     MmsaTrainer,
     RunFingerprintCallback,
@@ -50,17 +47,20 @@ from mmsa.training import (
     calibrate,
     check_label_coverage,
     class_weights_from,
-    cores_per_process,
+    default_hp_space,
     fingerprint_mismatch,
     format_config_overrides,
-    make_transform,
     modality_accuracies,
     parse_config_overrides,
     post_logits,
     run_fingerprint,
+    search_hyperparameters,
     set_cpu_threads,
+    split_hyperparameters,
     write_test_report,
 )
+from mmsa.training.data import PreparedSplits, fill_feature_caches
+from mmsa.training.setup import config_file_to_argv, fold_config_flags
 
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Continue from a saved MMSA model folder (overrides the tower and fusion arguments)."},
     )
-    fusion: str = field(default="ote", metadata={"help": f"Fusion strategy, one of {', '.join(FUSION_NEEDS)}."})
+    fusion: str = field(default="ote", metadata={"help": f"Fusion strategy, one of {', '.join(list_fusions())}."})
     config_overrides: str | None = field(
         default=None,
         metadata={
@@ -187,7 +187,7 @@ class MmsaTrainingArguments(TrainingArguments):
         default=0,
         metadata={
             "help": "Before training, search hyperparameters on the validation split with this many Optuna trials "
-            "(mmsa.hp_search.default_hp_space; 0: no search), then train with the best trial's values."
+            "(mmsa.training.search.default_hp_space; 0: no search), then train with the best trial's values."
         },
     )
     hp_search_holdout: float = field(
@@ -227,167 +227,13 @@ class MmsaTrainingArguments(TrainingArguments):
     )
 
 
-CONFIG_FIELDS = set(MmsaConfig.__annotations__) - {"text_config", "vision_config", "fusion", "class_weights"}
-"""MmsaConfig's own fields that may also be given as their own flags (folded into --config_overrides); `fusion` and
-`class_weights` are model arguments of their own."""
-
-
-BOOLEAN_CONFIG_FIELDS = {
-    name for name in CONFIG_FIELDS if MmsaConfig.__annotations__[name] in (bool, "bool", bool | None, "bool | None")
-}
-
-
-def config_file_to_argv(argv: list[str]) -> list[str]:
-    """`train_hf.py file.yaml --flag v` -> the file's keys as flags, followed by the overriding flags."""
-    if not argv or not argv[0].endswith((".yaml", ".yml", ".json")):
-        return argv
-    path = Path(argv[0])
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path} is not valid {path.suffix[1:].upper()}: {error}") from None
-    if values is not None and not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of argument names to values, got a {type(values).__name__}")
-    flags = []
-    for key, value in (values or {}).items():
-        if value is None:
-            continue
-        values_list = value if isinstance(value, list) else [value]
-        flags += [f"--{key}"] + [str(v).lower() if isinstance(v, bool) else str(v) for v in values_list]
-    return flags + argv[1:]
-
-
-def fold_config_flags(argv: list[str]) -> list[str]:
-    """`--fusion_hidden_size 128` (an MmsaConfig field given as a flag) -> part of `--config_overrides`; a later
-    value of the same field wins, as with any flag. A boolean field given bare (`--freeze_vision_backbone`, followed
-    by another flag or last) means true, as `HfArgumentParser`'s boolean flags do."""
-    rest, fields, explicit = [], {}, None
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        name = word[2:].split("=", 1)[0] if word.startswith("--") else None
-        if name in CONFIG_FIELDS or name == "config_overrides":
-            if "=" in word:
-                value, index = word.split("=", 1)[1], index + 1
-            elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
-                value, index = argv[index + 1], index + 2
-            elif name in BOOLEAN_CONFIG_FIELDS:
-                value, index = "true", index + 1
-            else:
-                raise ValueError(f"--{name} needs a value")
-            if name == "config_overrides":
-                explicit = value
-            else:
-                fields[name] = value
-        else:
-            rest.append(word)
-            index += 1
-    overrides = [f"{k}={v}" for k, v in fields.items()]
-    overrides += [item for item in (explicit or "").split(",") if item.strip()]
-    return rest + (["--config_overrides", ",".join(overrides)] if overrides else [])
-
-
 def parse_args(argv=None):
+    """The three argument dataclasses from flags, a YAML/JSON file, or a file followed by overriding flags; an
+    `MmsaConfig` field given as its own flag is folded into `--config_overrides`."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MmsaTrainingArguments))
-    argv = fold_config_flags(config_file_to_argv(list(sys.argv[1:] if argv is None else argv)))
+    own = {f.name for f in dataclasses.fields(ModelArguments)}  # e.g. class_weights: "balanced" is resolved here
+    argv = fold_config_flags(config_file_to_argv(list(sys.argv[1:] if argv is None else argv)), CONFIG_FIELDS - own)
     return parser.parse_args_into_dataclasses(args=argv)
-
-
-def build_model(model_args, data_args, class_weights=None):
-    """The model and processor these arguments describe (see `mmsa.training.build_model_and_processor`)."""
-    return build_model_and_processor(
-        model_args.text_model_name_or_path,
-        model_args.vision_model_name_or_path,
-        model_args.fusion,
-        parse_config_overrides(model_args.config_overrides),
-        class_weights=class_weights,
-        max_text_length=data_args.max_text_length,
-        model_name_or_path=model_args.model_name_or_path,
-    )
-
-
-def trainer_arguments(model_args, processor, id2label) -> dict:
-    """What the search trainer and the run's trainer share: processor, collator, metrics and group learning rates."""
-    return {
-        "processing_class": processor,
-        "data_collator": MmsaDataCollator(processor),
-        "compute_metrics": build_compute_metrics(id2label),
-        "learning_rates": {
-            "text": model_args.text_learning_rate,
-            "vision": model_args.vision_learning_rate,
-            "head": model_args.head_learning_rate,
-        },
-        "layerwise_lr_decay": model_args.layerwise_lr_decay,
-    }
-
-
-def search_hyperparameters_for(
-    model_args, data_args, training_args, config_overrides, class_weights, shared, prepared
-):
-    """`--hp_search_trials N`: N Optuna trials (no checkpoints; each scored by the best `metric_for_best_model` it
-    reached on a held-out part of the training split, or on the validation split with `--hp_search_holdout 0`),
-    written to `OUTPUT_DIR/hp_search.json`; the best trial's values are then set on the arguments (and
-    `config_overrides`) and the model of the final run is built with them and trained on the whole training split."""
-    if training_args.world_size > 1:
-        raise ValueError("--hp_search_trials runs in one process: launch it without several processes.")
-    holdout = training_args.hp_search_holdout
-    if not 0 <= holdout < 1:
-        raise ValueError(f"--hp_search_holdout must be in [0, 1), got {holdout}.")
-    if holdout:
-        train = prepared("train", training=False).with_format(None).select_columns(["label"])
-        numbered = train.add_column("row", list(range(len(train))))
-        parts = numbered.train_test_split(test_size=holdout, stratify_by_column="label", seed=training_args.seed)
-        fit_rows, score_rows = sorted(parts["train"]["row"]), sorted(parts["test"]["row"])
-        search_train = prepared("train", training=True, rows=fit_rows)
-        search_eval = prepared("train", training=False, rows=score_rows)
-        scored_on = f"{len(score_rows)} posts held out of the training split ({holdout:g}, stratified)"
-    else:
-        search_train, search_eval = prepared("train", training=True), prepared("validation", training=False)
-        scored_on = f"the validation split ({len(search_eval)} posts)"
-    search_args = dataclasses.replace(
-        training_args,
-        output_dir=str(Path(training_args.output_dir) / "hp_search"),
-        save_strategy="no",
-        load_best_model_at_end=False,
-        hp_search_trials=0,
-    )
-
-    def model_init(trial=None):
-        params = default_hp_space(trial) if trial is not None else {}
-        fields = split_hyperparameters(params, training_args)[2]
-        trial_args = dataclasses.replace(
-            model_args, config_overrides=format_config_overrides({**config_overrides, **fields})
-        )
-        return build_model(trial_args, data_args, class_weights)[0]
-
-    trainer = MmsaTrainer(
-        model_init=model_init,
-        args=search_args,
-        train_dataset=search_train,
-        eval_dataset=search_eval,
-        **shared,
-    )
-    logger.info("Searching hyperparameters: %d trials, scored on %s", training_args.hp_search_trials, scored_on)
-    best, _, _ = search_hyperparameters(
-        trainer,
-        training_args.hp_search_trials,
-        seed=training_args.seed,
-        output_file=Path(training_args.output_dir) / "hp_search.json",
-        scored_on=scored_on,
-    )
-    shutil.rmtree(search_args.output_dir, ignore_errors=True)  # the trials' scratch folder (no checkpoints are kept)
-    training, rates, fields = split_hyperparameters(best, training_args)
-    for key, value in training.items():
-        setattr(training_args, key, type(getattr(training_args, key))(value))
-    for key, value in rates.items():
-        setattr(model_args, key, value)
-    config_overrides.update(fields)
-    model_args.config_overrides = format_config_overrides(config_overrides)
-    set_seed(training_args.seed)
-    return build_model(model_args, data_args, class_weights)
 
 
 def check_arguments(training_args, model_args) -> None:
@@ -420,22 +266,8 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
-def main(argv=None):
-    model_args, data_args, training_args = parse_args(argv)
-    setup_logging(training_args)
-    threads = set_cpu_threads(training_args.cpu_threads)
-    logger.warning(
-        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
-        f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}"
-    )
-    logger.debug(f"Training parameters {training_args}")
-    logger.info(
-        "Seed %d, %d CPU threads per process, output in %s", training_args.seed, threads, training_args.output_dir
-    )
-    check_arguments(training_args, model_args)
-    config_overrides = parse_config_overrides(model_args.config_overrides)
-
-    # Data
+def load_data(data_args, training_args):
+    """The run's `DatasetDict` (train / validation / test), limited by `--max_*_samples`, and where it came from."""
     source = data_args.dataset_name_or_path or os.environ.get("MVSA_SINGLE_DIR")
     if not source:
         raise ValueError(
@@ -450,43 +282,272 @@ def main(argv=None):
             split_file=data_args.split_file,
             **extra,
         )
-    for name, limit in (
-        ("train", data_args.max_train_samples),
-        ("validation", data_args.max_eval_samples),
-        ("test", data_args.max_eval_samples),
-    ):
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for name, limit in {**limits, "test": data_args.max_eval_samples}.items():
         if limit is not None:
             dataset[name] = dataset[name].select(range(min(limit, len(dataset[name]))))
     logger.info("Dataset %s: %s posts", source, {name: len(split) for name, split in dataset.items()})
     check_label_coverage(dataset, data_args.strict, SENTIMENT_LABELS)
+    return dataset, source
 
-    # Resume only a checkpoint of this very run (same data, split and model arguments).
-    recorded_model_args = {**dataclasses.asdict(model_args), "config_overrides": config_overrides}
-    recorded_data_args = dataclasses.asdict(data_args)
-    fingerprint = run_fingerprint(recorded_model_args, recorded_data_args, source, dataset)
-    checkpoint = None
+
+def resumable_checkpoint(training_args, fingerprint: dict) -> str | None:
+    """The checkpoint to resume: `--resume_from_checkpoint` or the last one in `output_dir`, only if it was saved by
+    this very run (same data, split and model arguments); another run's is refused, or deleted with
+    `--overwrite_output_dir`."""
+    if not training_args.do_train:
+        return None
+    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    checkpoint = training_args.resume_from_checkpoint or last
+    if checkpoint is None:
+        return None
+    mismatch = fingerprint_mismatch(checkpoint, fingerprint)
+    if mismatch is None:
+        logger.info("Resuming this run from %s", checkpoint)
+        return checkpoint
+    if not training_args.overwrite_output_dir:
+        raise ValueError(
+            f"{training_args.output_dir} holds a checkpoint of another run, not resumed: {mismatch}. "
+            "Pass --overwrite_output_dir to start afresh, or choose another --output_dir."
+        )
+    logger.warning("Starting afresh (--overwrite_output_dir): %s", mismatch)
+    if training_args.process_index == 0:
+        for old in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(old)
+    return None
+
+
+def build_model(model_args, data_args, class_weights=None):
+    """The model and processor these arguments describe (see `mmsa.training.build_model_and_processor`)."""
+    return build_model_and_processor(
+        model_args.text_model_name_or_path,
+        model_args.vision_model_name_or_path,
+        model_args.fusion,
+        parse_config_overrides(model_args.config_overrides),
+        class_weights=class_weights,
+        max_text_length=data_args.max_text_length,
+        model_name_or_path=model_args.model_name_or_path,
+    )
+
+
+def trainer_arguments(model_args, processor, id2label) -> dict:
+    """What the search trainer and the run's trainer share: processor, collator, metrics and group learning rates."""
+    return {
+        "processing_class": processor,
+        "data_collator": MmsaDataCollator(processor),
+        "compute_metrics": build_compute_metrics(id2label),
+        "learning_rates": {
+            "text": model_args.text_learning_rate,
+            "vision": model_args.vision_learning_rate,
+            "head": model_args.head_learning_rate,
+        },
+        "layerwise_lr_decay": model_args.layerwise_lr_decay,
+    }
+
+
+def search_splits(splits, training_args):
+    """The search's training and scoring sets: a stratified part of the training split held out of the trials
+    (`--hp_search_holdout`), or, with 0, the validation split; and a description of what trials are scored on."""
+    holdout = training_args.hp_search_holdout
+    if not 0 <= holdout < 1:
+        raise ValueError(f"--hp_search_holdout must be in [0, 1), got {holdout}.")
+    if not holdout:
+        search_eval = splits("validation", training=False)
+        return splits("train", training=True), search_eval, f"the validation split ({len(search_eval)} posts)"
+    train = splits("train", training=False).with_format(None).select_columns(["label"])
+    numbered = train.add_column("row", list(range(len(train))))
+    parts = numbered.train_test_split(test_size=holdout, stratify_by_column="label", seed=training_args.seed)
+    fit_rows, score_rows = sorted(parts["train"]["row"]), sorted(parts["test"]["row"])
+    scored_on = f"{len(score_rows)} posts held out of the training split ({holdout:g}, stratified)"
+    return splits("train", training=True, rows=fit_rows), splits("train", training=False, rows=score_rows), scored_on
+
+
+def search(model_args, data_args, training_args, class_weights, splits, processor, id2label) -> dict:
+    """`--hp_search_trials N`: N Optuna trials (no checkpoints; each scored by the best `metric_for_best_model` it
+    reached on its scoring set, see `search_splits`), written to `OUTPUT_DIR/hp_search.json`; returns the best
+    trial's values."""
+    if training_args.world_size > 1:
+        raise ValueError("--hp_search_trials runs in one process: launch it without several processes.")
+    search_train, search_eval, scored_on = search_splits(splits, training_args)
+    search_args = dataclasses.replace(
+        training_args,
+        output_dir=str(Path(training_args.output_dir) / "hp_search"),
+        save_strategy="no",
+        load_best_model_at_end=False,
+        hp_search_trials=0,
+    )
+    config_overrides = parse_config_overrides(model_args.config_overrides)
+
+    def model_init(trial=None):
+        fields = split_hyperparameters(default_hp_space(trial) if trial is not None else {}, training_args)[2]
+        overrides = format_config_overrides({**config_overrides, **fields})
+        return build_model(dataclasses.replace(model_args, config_overrides=overrides), data_args, class_weights)[0]
+
+    trainer = MmsaTrainer(
+        model_init=model_init,
+        args=search_args,
+        train_dataset=search_train,
+        eval_dataset=search_eval,
+        **trainer_arguments(model_args, processor, id2label),
+    )
+    logger.info("Searching hyperparameters: %d trials, scored on %s", training_args.hp_search_trials, scored_on)
+    best, _, _ = search_hyperparameters(
+        trainer,
+        training_args.hp_search_trials,
+        seed=training_args.seed,
+        output_file=Path(training_args.output_dir) / "hp_search.json",
+        scored_on=scored_on,
+    )
+    shutil.rmtree(search_args.output_dir, ignore_errors=True)  # the trials' scratch folder (no checkpoints are kept)
+    return best
+
+
+def apply_search_results(best: dict, model_args, training_args):
+    """New argument objects with the search's best values: `TrainingArguments` fields, group learning rates and
+    `MmsaConfig` fields (folded into `config_overrides`)."""
+    training, rates, fields = split_hyperparameters(best, training_args)
+    overrides = {**parse_config_overrides(model_args.config_overrides), **fields}
+    model_args = dataclasses.replace(model_args, **rates, config_overrides=format_config_overrides(overrides))
+    training = {key: type(getattr(training_args, key))(value) for key, value in training.items()}
+    return model_args, dataclasses.replace(training_args, **training)
+
+
+def train(trainer, training_args, checkpoint, dataset, splits) -> None:
+    """Trains (resuming `checkpoint`), calibrates on the validation split (`--calibration temperature`), saves the
+    best model and the training metrics and state."""
+    logger.info(
+        "Training for up to %g epochs%s",
+        training_args.num_train_epochs,
+        f", resuming from {checkpoint}" if checkpoint else "",
+    )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    if training_args.calibration == "temperature" and len(dataset["validation"]):
+        grid = [float(value) for value in training_args.rule_weight_grid.split(",") if value.strip()]
+        trainer.save_metrics(
+            "calibration", calibrate(trainer, splits("validation", False), dataset["validation"], grid)
+        )
+    trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
+    metrics = {**train_result.metrics, "train_samples": len(dataset["train"])}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+
+def evaluate(trainer, dataset) -> None:
+    """Metrics of the (best) model on the validation split."""
+    metrics = {**trainer.evaluate(), "eval_samples": len(dataset["validation"])}
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+
+def predict(trainer, training_args, dataset, splits) -> dict:
+    """The test metrics, and with them the test report files (`mmsa.training.write_test_report`)."""
+    logger.info("Evaluating the best model on the test split (%d posts)", len(dataset["test"]))
+    prediction = trainer.predict(splits("test", training=False), metric_key_prefix="test")
+    metrics = {**prediction.metrics, **modality_accuracies(prediction.predictions, dataset["test"])}
+    metrics["test_samples"] = len(dataset["test"])
+    trainer.log_metrics("test", metrics)
+    trainer.save_metrics("test", metrics)
+    if trainer.is_world_process_zero():
+        logits = post_logits(prediction.predictions)
+        write_test_report(
+            training_args.output_dir,
+            metrics,
+            logits.argmax(-1),
+            prediction.label_ids,
+            trainer.model.config.id2label,
+            post_ids=list(dataset["test"]["id"]),
+            probabilities=softmax(logits),
+        )
+        logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
+    return metrics
+
+
+def save_and_publish(trainer, training_args, processor, run_info) -> None:
+    """`run_info.json`; after training the pipeline-ready model folder (also loadable with remote code); with
+    `--push_to_hub`, the release through `push_to_hub.py` (model card and all, one commit)."""
+    if not trainer.is_world_process_zero():
+        return
+    run_info.write(training_args.output_dir)
     if training_args.do_train:
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        checkpoint = training_args.resume_from_checkpoint or last
-        if checkpoint is not None and (mismatch := fingerprint_mismatch(checkpoint, fingerprint)):
-            if not training_args.overwrite_output_dir:
-                raise ValueError(
-                    f"{training_args.output_dir} holds a checkpoint of another run, not resumed: {mismatch}. "
-                    "Pass --overwrite_output_dir to start afresh, or choose another --output_dir."
-                )
-            logger.warning("Starting afresh (--overwrite_output_dir): %s", mismatch)
-            if training_args.process_index == 0:
-                for old in Path(training_args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-                    shutil.rmtree(old)
-            checkpoint = None
-        elif checkpoint is not None:
-            logger.info("Resuming this run from %s", checkpoint)
+        save_for_pipeline(trainer.model, processor, training_args.output_dir)  # last: it readies it for inference
+    if training_args.push_to_hub:
+        import push_to_hub
 
-    # Model
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+        push_to_hub.main(
+            ["--model_dir", training_args.output_dir, "--repo_id", repo_id]
+            + (["--private"] if training_args.hub_private_repo else [])
+        )
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    threads = set_cpu_threads(training_args.cpu_threads)
+    logger.warning(
+        f"Process rank: {training_args.process_index}, device: {training_args.device}, "
+        f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}"
+    )
+    logger.info(
+        "Seed %d, %d CPU threads per process, output in %s", training_args.seed, threads, training_args.output_dir
+    )
+    check_arguments(training_args, model_args)
+
+    dataset, source = load_data(data_args, training_args)
+    recorded_model_args = {
+        **dataclasses.asdict(model_args),
+        "config_overrides": parse_config_overrides(model_args.config_overrides),
+    }
+    fingerprint = run_fingerprint(recorded_model_args, dataclasses.asdict(data_args), source, dataset)
+    checkpoint = resumable_checkpoint(training_args, fingerprint)
+
     set_seed(training_args.seed)
     class_weights = class_weights_from(model_args.class_weights, dataset["train"]["label"], len(SENTIMENT_LABELS))
     model, processor = build_model(model_args, data_args, class_weights)
-    config: MmsaConfig = model.config
+    log_model(model.config, model_args)
+    caches = {name: {} for name in dataset}
+    if data_args.cache_frozen_features:
+        caches = fill_feature_caches(
+            model, processor, dataset, data_args.max_text_length, data_args.feature_cache_dir,
+            training_args.device, training_args.main_process_first,
+        )  # fmt: skip
+    splits = PreparedSplits(dataset, caches, processor, model.config, data_args.max_text_length)
+
+    if training_args.do_train and training_args.hp_search_trials > 0:
+        best = search(model_args, data_args, training_args, class_weights, splits, processor, model.config.id2label)
+        model_args, training_args = apply_search_results(best, model_args, training_args)
+        set_seed(training_args.seed)
+        model, processor = build_model(model_args, data_args, class_weights)
+        recorded_model_args = {
+            **dataclasses.asdict(model_args),
+            "config_overrides": parse_config_overrides(model_args.config_overrides),
+        }
+
+    run_info = RunInfoCallback(recorded_model_args, dataclasses.asdict(data_args), source, dataset, SENTIMENT_LABELS)
+    callbacks = [RunFingerprintCallback(fingerprint), run_info]
+    if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+    trainer = MmsaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits("train", training=True) if training_args.do_train else None,
+        eval_dataset=splits("validation", training=False) if training_args.do_eval else None,
+        callbacks=callbacks,
+        **trainer_arguments(model_args, processor, model.config.id2label),
+    )
+    if training_args.do_train:
+        train(trainer, training_args, checkpoint, dataset, splits)
+    else:
+        run_info.collect(training_args)
+    if training_args.do_eval:
+        evaluate(trainer, dataset)
+    test_metrics = predict(trainer, training_args, dataset, splits) if training_args.do_predict else None
+    save_and_publish(trainer, training_args, processor, run_info)
+    return test_metrics
+
+
+def log_model(config, model_args) -> None:
     logger.info(
         "Model: fusion %s, text tower %s%s, image tower %s%s",
         config.fusion,
@@ -495,147 +556,6 @@ def main(argv=None):
         model_args.model_name_or_path or model_args.vision_model_name_or_path,
         " (frozen)" if config.freeze_vision_backbone else "",
     )
-
-    # Frozen towers: their features are computed once per post and read from disk afterwards.
-    caches = {name: {} for name in dataset}
-    if data_args.cache_frozen_features:
-        # Filled with every core: a frozen tower's forward pass gives the same features at any thread count.
-        torch.set_num_threads(cores_per_process())
-        cache_text = config.uses_text and config.freeze_text_backbone
-        cache_images = config.uses_vision and config.freeze_vision_backbone
-        if cache_text or cache_images:
-            model.mmsa.to(training_args.device)
-        for name in dataset:
-            with training_args.main_process_first(desc=f"caching frozen features ({name})"):
-                if cache_text:
-                    caches[name]["text_cache"] = cache_text_features(
-                        model.mmsa,
-                        processor.tokenizer,
-                        dataset[name],
-                        data_args.max_text_length,
-                        with_tokens=config.uses_tokens,
-                        cache_dir=data_args.feature_cache_dir,
-                        desc=f"text features ({name})",
-                    )
-                if cache_images:
-                    caches[name]["image_cache"] = cache_image_features(
-                        model.mmsa,
-                        processor.image_processor,
-                        dataset[name],
-                        with_tokens=config.uses_tokens,
-                        cache_dir=data_args.feature_cache_dir,
-                        desc=f"image features ({name})",
-                    )
-            if caches[name]:
-                dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
-        torch.set_num_threads(threads)
-
-    def prepared(name, training, rows=None):
-        split = dataset[name] if rows is None else dataset[name].select(rows)
-        if "image_cache" in caches[name]:  # the images are never read: do not decode them for each row
-            split = split.cast_column("image", datasets.Image(decode=False))
-        return split.with_transform(
-            make_transform(
-                processor,
-                training=training,
-                max_length=data_args.max_text_length,
-                use_text=config.uses_text,
-                use_images=config.uses_vision,
-                modality_labels=config.modality_heads,
-                **caches[name],
-            )
-        )
-
-    if training_args.do_train and training_args.hp_search_trials > 0:
-        model, processor = search_hyperparameters_for(
-            model_args,
-            data_args,
-            training_args,
-            config_overrides,
-            class_weights,
-            trainer_arguments(model_args, processor, config.id2label),
-            prepared,
-        )
-        config = model.config
-        recorded_model_args = {**dataclasses.asdict(model_args), "config_overrides": config_overrides}
-
-    run_info = RunInfoCallback(recorded_model_args, recorded_data_args, source, dataset, SENTIMENT_LABELS)
-    callbacks = [RunFingerprintCallback(fingerprint), run_info]
-    if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
-
-    trainer = MmsaTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=prepared("train", training=True) if training_args.do_train else None,
-        eval_dataset=prepared("validation", training=False) if training_args.do_eval else None,
-        callbacks=callbacks,
-        **trainer_arguments(model_args, processor, config.id2label),
-    )
-
-    if training_args.do_train:
-        logger.info(
-            "Training for up to %g epochs%s",
-            training_args.num_train_epochs,
-            f", resuming from {checkpoint}" if checkpoint else "",
-        )
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        if training_args.calibration == "temperature" and len(dataset["validation"]):
-            grid = [float(value) for value in training_args.rule_weight_grid.split(",") if value.strip()]
-            calibration = calibrate(trainer, prepared("validation", training=False), dataset["validation"], grid)
-            trainer.save_metrics("calibration", calibration)
-        trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(dataset["train"])
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-    else:
-        run_info.collect(training_args)
-
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        metrics["eval_samples"] = len(dataset["validation"])
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-
-    test_metrics = None
-    if training_args.do_predict:
-        logger.info("Evaluating the best model on the test split (%d posts)", len(dataset["test"]))
-        prediction = trainer.predict(prepared("test", training=False), metric_key_prefix="test")
-        test_metrics = dict(prediction.metrics)
-        test_metrics.update(modality_accuracies(prediction.predictions, dataset["test"]))
-        test_metrics["test_samples"] = len(dataset["test"])
-        trainer.log_metrics("test", test_metrics)
-        trainer.save_metrics("test", test_metrics)
-        if trainer.is_world_process_zero():
-            logits = post_logits(prediction.predictions)
-            write_test_report(
-                training_args.output_dir,
-                test_metrics,
-                logits.argmax(-1),
-                prediction.label_ids,
-                config.id2label,
-                post_ids=list(dataset["test"]["id"]),
-                probabilities=softmax(logits),
-            )
-            logger.info("Test results written to %s", Path(training_args.output_dir) / "test_results.json")
-    if trainer.is_world_process_zero():
-        run_info.write(training_args.output_dir)
-        if training_args.do_train:
-            # last, as it readies the model for inference: the folder also loads with the pipeline (remote code too)
-            save_for_pipeline(trainer.model, processor, training_args.output_dir)
-
-    if training_args.push_to_hub and trainer.is_world_process_zero():
-        # One release path: push_to_hub.py (checks the folder, writes the model card, uploads in one commit).
-        import push_to_hub
-
-        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-        push_to_hub.main(
-            ["--model_dir", training_args.output_dir, "--repo_id", repo_id]
-            + (["--private"] if training_args.hub_private_repo else [])
-        )
-    return test_metrics
 
 
 def cli_main(argv=None) -> int:

@@ -25,7 +25,7 @@ def main():
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as folder:
-        process, url = launch_app(args.model, Path(folder) / "app.log")
+        process, url = launch_app(ROOT / "app.py", args.model, Path(folder) / "app.log")
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)

@@ -42,6 +42,23 @@ CANDIDATES = {
     "minilm_top2_naive_combine": "MiniLM-L6 with its top 2 layers trained (5 epochs) + EfficientNet-Lite0, "
     "`naive_combine`",
 }
+for _towers, _config, _fusion in (
+    ("MiniLM-L6 + EfficientNet-Lite0", "mm_transformer", "`mm_transformer`"),
+    ("MPNet + EfficientNet-Lite2", "mpnet_lite2", "`naive_combine`"),
+):
+    CANDIDATES.update(
+        {
+            f"{_config}_calibrated": f"{_towers}, {_fusion}, calibrated",
+            f"{_config}_heads": f"{_towers}, {_fusion} + modality heads, calibrated",
+            f"{_config}_heads_rule": f"{_towers}, {_fusion} + modality heads + labelling rule, calibrated",
+            f"{_config}_heads_conflicts": f"{_towers}, {_fusion} + modality heads, conflicting posts in training, "
+            "calibrated",
+            f"{_config}_heads_conflicts_rule": f"{_towers}, {_fusion} + modality heads + labelling rule, conflicting "
+            "posts in training, calibrated",
+        }
+    )
+CALIBRATION = ("test_ece", "test_nll")
+"""Reported by the runs trained with calibration (blank for the rows trained before it)."""
 """Cross-split rows that are candidates for the best offline model (the others are the paper fusions)."""
 
 
@@ -86,6 +103,7 @@ def cross_split_summary() -> dict:
             "fusion": runs[0]["fusion"],
             "validation_macro_f1": [100 * r["best_validation_macro_f1"] for r in runs],
             **{key: [100 * r[key] for r in runs] for key in METRICS},
+            **{key: [100 * r[key] for r in runs] for key in CALIBRATION if all(key in r for r in runs)},
             "per_class_f1": {
                 label: [100 * r["per_class_f1"][label] for r in runs] for label in runs[0]["per_class_f1"]
             },
@@ -119,8 +137,8 @@ def cross_split_markdown() -> str:
     best_fusion = best_on_validation(summary, ORDER)
     lines = [
         "| model | splits | validation macro-F1 | test accuracy | test macro-F1 | test weighted-F1 "
-        "| test F1 neg / neu / pos | minutes per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| test F1 neg / neu / pos | test ECE | test NLL | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     names = [n for n in CANDIDATES if n in summary] + [n for n in ORDER if n in summary]
     names += sorted(set(summary) - set(names))
@@ -131,17 +149,21 @@ def cross_split_markdown() -> str:
             label = f"**{label}**"
         lines.append(table_row(label, len(entry["split_seeds"]), entry))
     for name, accuracy, macro, weighted in PUBLISHED:
-        lines.append(f"| {name} | 1 (published) |  | {accuracy} | {macro} | {weighted} |  |  |")
+        lines.append(f"| {name} | 1 (published) |  | {accuracy} | {macro} | {weighted} |  |  |  |  |")
     return "\n".join(lines) + "\n"
 
 
-def table_row(label: str, runs: int, entry: dict) -> str:
-    """One row of a results table: runs, validation macro-F1, the test metrics, per-class F1, minutes per run."""
+def table_row(label: str, runs: int, entry: dict, calibration: bool = True) -> str:
+    """One row of a results table: runs, validation macro-F1, the test metrics, per-class F1, (ECE and NLL, in
+    points and nats x 100, where the runs report them), minutes per run."""
     per_class = " / ".join(cell(v) for v in entry["per_class_f1"].values())
+    calibrated = (
+        "".join(f" | {cell(entry[key]) if key in entry else ''}" for key in CALIBRATION) if calibration else ""
+    )
     return (
         f"| {label} | {runs} | {cell(entry['validation_macro_f1'])} | "
         + " | ".join(cell(entry[key]) for key in METRICS)
-        + f" | {per_class} | {entry['minutes']:.1f} |"
+        + f" | {per_class}{calibrated} | {entry['minutes']:.1f} |"
     )
 
 
@@ -176,7 +198,7 @@ def paper_table_markdown() -> str:
     ]
     for fusion, entry in summary.items():
         name = f"**`{fusion}`**" if fusion == best else f"`{fusion}`"
-        lines.append(table_row(f"{name} (MiniLM-L6 + EfficientNet-Lite0)", len(entry["seeds"]), entry))
+        lines.append(table_row(f"{name} (MiniLM-L6 + EfficientNet-Lite0)", len(entry["seeds"]), entry, False))
     for name, accuracy, macro, weighted in PUBLISHED:
         lines.append(f"| {name} | published |  | {accuracy} | {macro} | {weighted} |  |  |")
     return "\n".join(lines) + "\n"

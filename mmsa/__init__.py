@@ -5,7 +5,7 @@ With torch installed, importing the package registers the `mmsa` model type with
 `save_pretrained` writes `auto_map` and copies the code files for `trust_remote_code=True` loading.
 """
 
-from .configuration_mmsa import FUSION_NEEDS, FUSION_STRATEGIES, FusionNeeds, MmsaConfig
+from .configuration_mmsa import FUSION_NEEDS, FusionNeeds, MmsaConfig
 from .image_io import load_rgb_image
 
 
@@ -29,6 +29,7 @@ if TORCH_AVAILABLE:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from .modeling_mmsa import (
+        FUSION_STRATEGIES,
         MMSA_FUSIONS,
         MmsaForSequenceClassification,
         MmsaFusion,
@@ -36,7 +37,9 @@ if TORCH_AVAILABLE:
         MmsaModel,
         MmsaModelOutput,
         MmsaPreTrainedModel,
+        list_fusions,
         register_fusion,
+        unregister_fusion,
     )
     from .pipeline_mmsa import MultimodalSentimentPipeline
     from .processing_mmsa import MmsaImageProcessor, MmsaProcessor
@@ -71,7 +74,9 @@ __all__ = [
     "MMSA_FUSIONS",
     "MmsaFusion",
     "MmsaFusionInputs",
+    "list_fusions",
     "register_fusion",
+    "unregister_fusion",
     "MmsaConfig",
     "MmsaForSequenceClassification",
     "MmsaImageProcessor",
@@ -87,7 +92,6 @@ __all__ = [
 if not TORCH_AVAILABLE:
     __all__ = [
         "FUSION_NEEDS",
-        "FUSION_STRATEGIES",
         "FusionNeeds",
         "MmsaConfig",
         "TORCH_AVAILABLE",

@@ -502,12 +502,8 @@ def positive_float(value: str) -> float:
     return number
 
 
-def run(argv=None):
-    """Runs one `mmsa` command and returns its result (the prediction(s), counts or metrics)."""
-    parser = argparse.ArgumentParser(
-        prog="mmsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def inference_arguments() -> argparse.ArgumentParser:
+    """The options `predict` and `evaluate` share: the model, its backend, precision and batch, image URLs."""
     inference = argparse.ArgumentParser(add_help=False)
     inference.add_argument(
         "--model", required=True, help="saved model folder or Hub id (an ONNX export: --backend onnx)"
@@ -529,6 +525,11 @@ def run(argv=None):
         default=DEFAULT_IMAGE_TIMEOUT,
         help="seconds an image URL may take (default: %(default)s)",
     )
+    return inference
+
+
+def add_predict_and_evaluate(commands) -> None:
+    inference = inference_arguments()
     predict = commands.add_parser(
         "predict", parents=[inference], help="classify one post, or every post of a JSONL file"
     )
@@ -543,6 +544,9 @@ def run(argv=None):
     evaluate.add_argument("--dataset", required=True, help="raw MVSA folder, saved dataset folder or Hub id")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--output_dir", type=Path, default=None, help="write metrics + confusion matrix here")
+
+
+def add_explain(commands) -> None:
     explainer = commands.add_parser(
         "explain", help="why the model classified a post so: word scores, image heatmap, modality shares"
     )
@@ -560,6 +564,9 @@ def run(argv=None):
     explainer.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty --output folder (with --input) once complete"
     )
+
+
+def add_calibrate_and_export(commands) -> None:
     calibrator = commands.add_parser(
         "calibrate", help="fit a model folder's temperature on a dataset split and write it into its config.json"
     )
@@ -577,42 +584,67 @@ def run(argv=None):
     exporter.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty --output folder once the new export is complete"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    try:
-        if args.command == "predict":
-            return run_predict(parser, args)
-        if args.command == "explain":
-            return run_explain(parser, args)
-        if args.command == "calibrate":
-            result = calibrate_folder(args.model, args.dataset, args.split, args.batch_size)
-            print(json.dumps(result, indent=2))
-            return result
-        if args.command == "export-onnx":
-            from .onnx import export_onnx
 
-            folder = export_onnx(
-                args.model, args.output, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite
-            )
-            print(f"-> {folder}", file=sys.stderr)
-            return folder
-        metrics = evaluate_model(
-            args.model,
-            args.dataset,
-            args.split,
-            args.output_dir,
-            args.batch_size,
-            args.device,
-            args.dtype,
-            args.compile,
-            args.backend,
-            args.onnx_variant,
-        )
-    except ValueError as error:  # a problem with what was asked: the message says what, no traceback
-        parser.exit(2, f"mmsa {args.command}: error: {error}\n")
+def build_parser() -> argparse.ArgumentParser:
+    """The `mmsa` argument parser, one subcommand each: predict, evaluate, explain, calibrate, export-onnx."""
+    parser = argparse.ArgumentParser(
+        prog="mmsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_predict_and_evaluate(commands)
+    add_explain(commands)
+    add_calibrate_and_export(commands)
+    return parser
+
+
+def run_evaluate(parser, args) -> dict:
+    metrics = evaluate_model(
+        args.model,
+        args.dataset,
+        args.split,
+        args.output_dir,
+        args.batch_size,
+        args.device,
+        args.dtype,
+        args.compile,
+        args.backend,
+        args.onnx_variant,
+    )
     print(json.dumps(metrics, indent=2))
     return metrics
+
+
+def run_calibrate(parser, args) -> dict:
+    result = calibrate_folder(args.model, args.dataset, args.split, args.batch_size)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def run_export(parser, args) -> Path:
+    from .onnx import export_onnx
+
+    folder = export_onnx(args.model, args.output, quantize=args.quantize, opset=args.opset, overwrite=args.overwrite)
+    print(f"-> {folder}", file=sys.stderr)
+    return folder
+
+
+def run(argv=None):
+    """Runs one `mmsa` command and returns its result (the prediction(s), counts or metrics)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    commands = {
+        "predict": run_predict,
+        "evaluate": run_evaluate,
+        "explain": run_explain,
+        "calibrate": run_calibrate,
+        "export-onnx": run_export,
+    }
+    try:
+        return commands[args.command](parser, args)
+    except ValueError as error:  # a problem with what was asked: the message says what, no traceback
+        parser.exit(2, f"mmsa {args.command}: error: {error}\n")
 
 
 def report_counts(counts: dict, done: str, output: Path) -> dict:

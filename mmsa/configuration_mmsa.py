@@ -16,28 +16,17 @@ class FusionNeeds(NamedTuple):
     tokens: bool
 
 
-FUSION_NEEDS: dict[str, FusionNeeds] = {
-    "naive_cat": FusionNeeds(text=True, image=True, tokens=False),
-    "naive_combine": FusionNeeds(text=True, image=True, tokens=False),
-    "cmac": FusionNeeds(text=True, image=True, tokens=True),
-    "hstec": FusionNeeds(text=True, image=True, tokens=True),
-    "ote": FusionNeeds(text=True, image=True, tokens=False),
-    "text_only": FusionNeeds(text=True, image=False, tokens=False),
-    "image_only": FusionNeeds(text=False, image=True, tokens=False),
-    "mm_transformer": FusionNeeds(text=True, image=True, tokens=True),
-}
-"""The one list of fusion strategies `MmsaConfig.fusion` accepts, with what each needs. The built-in ones are
-implemented in `modeling_mmsa`; `modeling_mmsa.register_fusion` adds a new one here and in the model's registry."""
-
-FUSION_STRATEGIES = tuple(FUSION_NEEDS)
-"""The built-in fusion strategies."""
+FUSION_NEEDS: dict[str, FusionNeeds] = {}
+"""What each registered fusion strategy needs, by name. Written only by `modeling_mmsa.register_fusion`, from the
+`needs` each strategy class declares; read by the config (`uses_text`, `uses_vision`, `uses_tokens`)."""
 
 
-def declare_fusion(name: str, needs: FusionNeeds):
-    """Adds `name` to the fusion strategies a config accepts (an existing name must keep its needs)."""
-    if name in FUSION_NEEDS and FUSION_NEEDS[name] != needs:
-        raise ValueError(f"fusion {name!r} is declared with needs {FUSION_NEEDS[name]}, not {needs}.")
-    FUSION_NEEDS[name] = needs
+def fusion_needs(name: str) -> FusionNeeds | None:
+    """The needs of fusion strategy `name`, or None if no such strategy is registered. The built-in strategies are
+    registered when `modeling_mmsa` is imported, which this does on first use."""
+    if name not in FUSION_NEEDS:
+        from .modeling_mmsa import MMSA_FUSIONS  # noqa: F401  (importing it registers the built-in strategies)
+    return FUSION_NEEDS.get(name)
 
 
 TEXT_POOLINGS = ("pooler", "mean", "cls")
@@ -60,7 +49,7 @@ class MmsaConfig(PreTrainedConfig):
             Configuration of the image tower; defaults to `TimmWrapperConfig(architecture="resnet50")`. Its
             `pretrained_cfg` (input size, mean, std, crop, interpolation) drives the processor's image transforms.
         fusion (`str`, *optional*, defaults to `"ote"`):
-            How text and image features are fused, one of `FUSION_NEEDS`: the paper's `naive_cat`,
+            How text and image features are fused, one of `modeling_mmsa.list_fusions()`: the paper's `naive_cat`,
             `naive_combine`, `cmac`, `hstec`, `ote`, its unimodal baselines `text_only` and `image_only`,
             `mm_transformer`, and any strategy registered with `modeling_mmsa.register_fusion`. See
             `modeling_mmsa` for what each one computes.
@@ -163,7 +152,7 @@ class MmsaConfig(PreTrainedConfig):
             if self.label2id is None:
                 self.label2id = {label: i for i, label in enumerate(SENTIMENT_LABELS)}
         super().__post_init__(**kwargs)
-        if self.fusion not in FUSION_NEEDS:
+        if fusion_needs(self.fusion) is None:
             raise ValueError(f"`fusion` must be one of {tuple(FUSION_NEEDS)}, got {self.fusion!r}.")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"`text_pooling` must be one of {TEXT_POOLINGS}, got {self.text_pooling!r}.")
@@ -189,15 +178,15 @@ class MmsaConfig(PreTrainedConfig):
 
     @property
     def uses_text(self) -> bool:
-        return FUSION_NEEDS[self.fusion].text
+        return fusion_needs(self.fusion).text
 
     @property
     def uses_vision(self) -> bool:
-        return FUSION_NEEDS[self.fusion].image
+        return fusion_needs(self.fusion).image
 
     @property
     def uses_tokens(self) -> bool:
-        return FUSION_NEEDS[self.fusion].tokens
+        return fusion_needs(self.fusion).tokens
 
 
-__all__ = ["FUSION_NEEDS", "FUSION_STRATEGIES", "FusionNeeds", "MmsaConfig", "SENTIMENT_LABELS", "declare_fusion"]
+__all__ = ["FUSION_NEEDS", "FusionNeeds", "MmsaConfig", "SENTIMENT_LABELS", "fusion_needs"]

@@ -291,6 +291,113 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
 # --- build --------------------------------------------------------------------------------------------------------
 
 
+def label_candidates(raw_dir: Path, variant: str, report, strict: bool, conflicts_in_train: bool):
+    """Step 1 of a build: every label row to a candidate post `{id: (line, text_label, image_label, label)}`
+    (malformed, duplicate, unknown, undecided and conflicting rows are skipped and counted), the conflicting posts
+    too when `conflicts_in_train` (label None), and the line of every labelled id."""
+    candidates = {}  # id -> (line, text_label, image_label, label)
+    conflicts = {}  # the same, label None, for conflicts_in_train
+    seen_lines = {}
+    for line, fields in read_label_rows(raw_dir, variant):
+        report.label_rows += 1
+        try:
+            post_id, pairs = parse_labels(fields, variant)
+        except ValueError as error:
+            report.skip("malformed_row", fields[0] if fields else None, line, str(error), strict)
+            continue
+        if post_id in seen_lines:
+            report.skip(
+                "duplicate_id", post_id, line, f"id {post_id} already labelled on line {seen_lines[post_id]}", strict
+            )
+            continue
+        seen_lines[post_id] = line
+        unknown = sorted({word for pair in pairs for word in pair if word not in LABELS})
+        if unknown:
+            report.skip(
+                "unknown_label", post_id, line, f"unknown label word(s) {unknown}; expected {list(LABELS)}", strict
+            )
+            continue
+        text_label = majority([pair[0] for pair in pairs])
+        image_label = majority([pair[1] for pair in pairs])
+        if text_label is None or image_label is None:
+            report.skip("no_majority", post_id, line, f"annotators disagree: {pairs}", strict=False)
+            continue
+        label = clean_label(text_label, image_label)
+        if label is None:
+            report.skip("label_conflict", post_id, line, f"text {text_label} vs image {image_label}", strict=False)
+            if conflicts_in_train:
+                conflicts[post_id] = (line, text_label, image_label, None)
+            continue
+        candidates[post_id] = (line, text_label, image_label, label)
+
+    return candidates, conflicts, seen_lines
+
+
+def count_unlabelled_files(raw_dir: Path, data_dir: Path, labelled: set, report, strict: bool) -> None:
+    """Step 2: files of `data/` that no label row names are counted in the report (refused with `strict`)."""
+    for path in sorted(data_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.stem not in labelled:
+            if strict:
+                raise MvsaFormatError(f"{path}: no row of {raw_dir / LABEL_FILE} labels this file.")
+            report.unlabelled_files.append(path.name)
+
+
+def read_records(data_dir: Path, candidates: dict, conflicts: dict, report, strict: bool, num_proc):
+    """Step 3: the text and image of every candidate post, read and checked (unreadable ones skipped and counted):
+    the kept posts' records and the conflicting posts' (label -1)."""
+    post_ids = sorted({**candidates, **conflicts}, key=int)
+    records, conflict_records = {}, {}
+    for post_id, result in zip(post_ids, check_posts(data_dir, post_ids, num_proc)):
+        line, text_label, image_label, label = candidates.get(post_id) or conflicts[post_id]
+        if len(result) == 2:
+            if post_id in candidates:  # a conflicting post is already counted as skipped
+                report.skip(result[0], post_id, line, result[1], strict)
+            continue
+        text, encoding, image_bytes = result
+        record = {
+            "id": post_id,
+            "text": text,
+            "image": {"bytes": image_bytes, "path": f"{post_id}.jpg"},
+            "label": LABELS.index(label) if label is not None else -1,
+            "text_label": LABELS.index(text_label),
+            "image_label": LABELS.index(image_label),
+        }
+        if post_id in candidates:
+            report.text_encodings[encoding] += 1
+            records[post_id] = record
+        else:
+            conflict_records[post_id] = record
+    report.kept = len(records)
+
+    return records, conflict_records
+
+
+def assign_splits(records: dict, conflict_records: dict, candidates: dict, report, seed, split_file, strict):
+    """Step 4: the ids of each split: the split file's, or a stratified 8:1:1 split drawn with `seed`; conflicting
+    posts go to train only."""
+    kept_ids = list(records)
+    if split_file:
+        splits = read_split_file(split_file)
+        listed = {post_id for members in splits.values() for post_id in members}
+        for post_id in sorted(set(kept_ids) - listed, key=int):
+            report.skip("not_in_split_file", post_id, candidates[post_id][0], f"{split_file} does not list it", strict)
+        missing = sorted(listed - set(kept_ids), key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else i))
+        if missing:
+            logger.warning("%d ids of %s are not kept posts (first: %s)", len(missing), split_file, missing[:5])
+        splits = {name: [i for i in members if i in records] for name, members in splits.items()}
+        report.kept = sum(len(members) for members in splits.values())
+    else:
+        splits = stratified_split(kept_ids, [records[i]["label"] for i in kept_ids], seed)
+
+    if conflict_records:
+        records.update(conflict_records)
+        splits["train"] = sorted(splits["train"] + list(conflict_records), key=int)
+        report.conflicts_in_train = len(conflict_records)
+    return splits
+
+
 def build_mvsa(
     raw_dir: str | Path,
     variant: str = "single",
@@ -329,96 +436,10 @@ def build_mvsa(
         split_file=str(split_file) if split_file else None,
     )
 
-    # 1. Label rows -> cleaned labels.
-    candidates = {}  # id -> (line, text_label, image_label, label)
-    conflicts = {}  # the same, label None, for conflicts_in_train
-    seen_lines = {}
-    for line, fields in read_label_rows(raw_dir, variant):
-        report.label_rows += 1
-        try:
-            post_id, pairs = parse_labels(fields, variant)
-        except ValueError as error:
-            report.skip("malformed_row", fields[0] if fields else None, line, str(error), strict)
-            continue
-        if post_id in seen_lines:
-            report.skip(
-                "duplicate_id", post_id, line, f"id {post_id} already labelled on line {seen_lines[post_id]}", strict
-            )
-            continue
-        seen_lines[post_id] = line
-        unknown = sorted({word for pair in pairs for word in pair if word not in LABELS})
-        if unknown:
-            report.skip(
-                "unknown_label", post_id, line, f"unknown label word(s) {unknown}; expected {list(LABELS)}", strict
-            )
-            continue
-        text_label = majority([pair[0] for pair in pairs])
-        image_label = majority([pair[1] for pair in pairs])
-        if text_label is None or image_label is None:
-            report.skip("no_majority", post_id, line, f"annotators disagree: {pairs}", strict=False)
-            continue
-        label = clean_label(text_label, image_label)
-        if label is None:
-            report.skip("label_conflict", post_id, line, f"text {text_label} vs image {image_label}", strict=False)
-            if conflicts_in_train:
-                conflicts[post_id] = (line, text_label, image_label, None)
-            continue
-        candidates[post_id] = (line, text_label, image_label, label)
-
-    # 2. Files no row labels.
-    labelled = set(seen_lines)
-    for path in sorted(data_dir.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if path.stem not in labelled:
-            if strict:
-                raise MvsaFormatError(f"{path}: no row of {raw_dir / LABEL_FILE} labels this file.")
-            report.unlabelled_files.append(path.name)
-
-    # 3. Read and check the files of every candidate post.
-    post_ids = sorted({**candidates, **conflicts}, key=int)
-    records, conflict_records = {}, {}
-    for post_id, result in zip(post_ids, check_posts(data_dir, post_ids, num_proc)):
-        line, text_label, image_label, label = candidates.get(post_id) or conflicts[post_id]
-        if len(result) == 2:
-            if post_id in candidates:  # a conflicting post is already counted as skipped
-                report.skip(result[0], post_id, line, result[1], strict)
-            continue
-        text, encoding, image_bytes = result
-        record = {
-            "id": post_id,
-            "text": text,
-            "image": {"bytes": image_bytes, "path": f"{post_id}.jpg"},
-            "label": LABELS.index(label) if label is not None else -1,
-            "text_label": LABELS.index(text_label),
-            "image_label": LABELS.index(image_label),
-        }
-        if post_id in candidates:
-            report.text_encodings[encoding] += 1
-            records[post_id] = record
-        else:
-            conflict_records[post_id] = record
-    report.kept = len(records)
-
-    # 4. Splits.
-    kept_ids = list(records)
-    if split_file:
-        splits = read_split_file(split_file)
-        listed = {post_id for members in splits.values() for post_id in members}
-        for post_id in sorted(set(kept_ids) - listed, key=int):
-            report.skip("not_in_split_file", post_id, candidates[post_id][0], f"{split_file} does not list it", strict)
-        missing = sorted(listed - set(kept_ids), key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else i))
-        if missing:
-            logger.warning("%d ids of %s are not kept posts (first: %s)", len(missing), split_file, missing[:5])
-        splits = {name: [i for i in members if i in records] for name, members in splits.items()}
-        report.kept = sum(len(members) for members in splits.values())
-    else:
-        splits = stratified_split(kept_ids, [records[i]["label"] for i in kept_ids], seed)
-
-    if conflict_records:
-        records.update(conflict_records)
-        splits["train"] = sorted(splits["train"] + list(conflict_records), key=int)
-        report.conflicts_in_train = len(conflict_records)
+    candidates, conflicts, seen_lines = label_candidates(raw_dir, variant, report, strict, conflicts_in_train)
+    count_unlabelled_files(raw_dir, data_dir, set(seen_lines), report, strict)
+    records, conflict_records = read_records(data_dir, candidates, conflicts, report, strict, num_proc)
+    splits = assign_splits(records, conflict_records, candidates, report, seed, split_file, strict)
     dataset = DatasetDict(
         {
             name: Dataset.from_list([records[i] for i in members], features=FEATURES, split=name)

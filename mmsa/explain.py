@@ -257,6 +257,94 @@ def head_shares(model, inputs, target: int) -> dict[str, float] | None:
     return {"text": contributions[0] / total, "image": contributions[1] / total}
 
 
+def target_index(config, target, predicted: int) -> int:
+    """The class to explain: `target` as a label name or index, or the prediction."""
+    if target is None:
+        return predicted
+    if isinstance(target, str):
+        if target not in config.label2id:
+            raise ValueError(f"target {target!r} is not one of {list(config.label2id)}.")
+        return int(config.label2id[target])
+    return int(target)
+
+
+def modality_sentiments(outputs, id2label) -> dict | None:
+    """`{"text": {"label", "score"}, "image": {...}}` from a model with modality heads, else None."""
+    if getattr(outputs, "text_logits", None) is None:
+        return None
+    sentiments = {}
+    for name in ("text", "image"):
+        modality = torch.softmax(getattr(outputs, f"{name}_logits").float(), dim=-1)[0]
+        sentiments[name] = {"label": id2label[int(modality.argmax())], "score": float(modality.max())}
+    return sentiments
+
+
+def attribution_layers(model, processor, inputs: dict, keys: list[str]):
+    """The layers integrated gradients attributes at (the token embeddings, the image tower's stem), their
+    baselines (a post whose tokens are padding, special tokens kept; a zero image), and the deepest feature map for
+    Grad-CAM."""
+    layers, baselines, last_stage = [], [], None
+    if "input_ids" in keys:
+        special = torch.tensor(
+            processor.tokenizer.get_special_tokens_mask(
+                inputs["input_ids"][0].tolist(), already_has_special_tokens=True
+            )
+        ).bool()
+        pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+        baselines.append(torch.where(special, inputs["input_ids"][0], pad).unsqueeze(0))
+        layers.append(model.mmsa.text_model.get_input_embeddings())
+    if "pixel_values" in keys:
+        stem, last_stage = image_layers(model, inputs["pixel_values"].shape[-1])
+        baselines.append(torch.zeros_like(inputs["pixel_values"]))
+        layers.append(stem)
+    return layers, baselines, last_stage
+
+
+def image_heatmap(by_key, score, inputs, keys, last_stage, picture, processor, image_method, methods) -> np.ndarray:
+    """The heatmap at the image's own size: the integrated gradients at the stem (positive part, smoothed over 5x5),
+    or Grad-CAM on the deepest feature map."""
+    from captum.attr import LayerGradCam
+
+    if image_method == "grad_cam":
+        cam = LayerGradCam(score, last_stage).attribute(tuple(inputs[key] for key in keys), relu_attributions=True)
+        cam = cam.detach()[0].sum(dim=0)
+        methods["heatmap"] = f"Grad-CAM (captum LayerGradCam) on the image tower's {cam.shape[0]}x{cam.shape[1]} map"
+    else:
+        cam = by_key["pixel_values"].detach()[0].sum(dim=0).clamp(min=0)
+        cam = torch.nn.functional.avg_pool2d(cam[None, None], 5, stride=1, padding=2)[0, 0]
+        methods["heatmap"] = "integrated gradients at the image tower's stem convolution, positive part"
+    return heatmap_on_image(cam.numpy(), picture.size, processor.image_processor.data_config)
+
+
+def text_attributions(by_key, processor, text: str, inputs, n_steps: int, methods) -> tuple[list, int]:
+    """The words' scores (token attributions summed per whitespace word) and how many words truncation cut off."""
+    token_scores = by_key["input_ids"].detach()[0].sum(dim=-1).numpy()
+    encoded = processor.tokenizer(text, truncation=True, max_length=processor.max_length, return_offsets_mapping=True)
+    if encoded["input_ids"] != inputs["input_ids"][0].tolist():
+        raise RuntimeError("the tokenizer's offsets do not match the processor's tokens")
+    words, truncated = word_scores(text, encoded["offset_mapping"], token_scores)
+    if len(processor.tokenizer(text, truncation=False)["input_ids"]) <= processor.max_length:
+        truncated = 0  # words no token reached (zero-width characters, say) were not cut off
+    methods["words"] = f"integrated gradients (captum LayerIntegratedGradients, {n_steps} steps) on token embeddings"
+    return words, truncated
+
+
+def shares_of_modalities(model, config, inputs, by_key, target_id: int, methods) -> dict[str, float]:
+    """Each modality's share of the decision: from the two heads where the fusion has them, else from the
+    integrated gradients summed per modality."""
+    if not (config.uses_text and config.uses_vision):
+        methods["modality_shares"] = "a single modality"
+        return {"text": 1.0} if config.uses_text else {"image": 1.0}
+    shares = head_shares(model, inputs, target_id)
+    if shares is not None:
+        methods["modality_shares"] = "the text and image heads' log-probabilities of the class over a uniform guess"
+        return shares
+    sums = {"text": abs(float(by_key["input_ids"].sum())), "image": abs(float(by_key["pixel_values"].sum()))}
+    total = sum(sums.values()) or 1.0
+    methods["modality_shares"] = "integrated gradients summed over each modality (image at the stem conv)"
+    return {name: value / total for name, value in sums.items()}
+
+
 def explain(
     model,
     processor,
@@ -275,7 +363,7 @@ def explain(
     `max_pixels` pixels is refused before it is decoded (the heatmap is made at the image's own size)."""
     if image_method not in ("integrated_gradients", "grad_cam"):
         raise ValueError(f"image_method must be 'integrated_gradients' or 'grad_cam', got {image_method!r}.")
-    from captum.attr import LayerGradCam, LayerIntegratedGradients
+    from captum.attr import LayerIntegratedGradients
 
     config = model.config
     post = read_post({"text": text, "image": image}, config.uses_text, config.uses_vision, max_pixels=max_pixels)
@@ -285,30 +373,16 @@ def explain(
     with torch.no_grad():
         outputs = model(**inputs)
     probabilities = torch.softmax(outputs.logits.float(), dim=-1)[0]
-    sentiments = None
-    if getattr(outputs, "text_logits", None) is not None:
-        sentiments = {}
-        for name in ("text", "image"):
-            modality = torch.softmax(getattr(outputs, f"{name}_logits").float(), dim=-1)[0]
-            sentiments[name] = {"label": config.id2label[int(modality.argmax())], "score": float(modality.max())}
     predicted = int(probabilities.argmax())
-    if target is None:
-        target_id = predicted
-    elif isinstance(target, str):
-        if target not in config.label2id:
-            raise ValueError(f"target {target!r} is not one of {list(config.label2id)}.")
-        target_id = int(config.label2id[target])
-    else:
-        target_id = int(target)
-
+    target_id = target_index(config, target, predicted)
     keys = [key for key in ("input_ids", "pixel_values") if key in inputs]
     extra = {key: value for key, value in inputs.items() if key not in keys}
 
     def logits(*tensors):
-        batch = dict(zip(keys, tensors))
-        size = tensors[0].shape[0]
-        for key, value in extra.items():
-            batch[key] = value.expand(size, *value.shape[1:])
+        batch = {
+            **dict(zip(keys, tensors)),
+            **{k: v.expand(tensors[0].shape[0], *v.shape[1:]) for k, v in extra.items()},
+        }
         return model(**batch).logits.float()
 
     def probability(*tensors):
@@ -317,22 +391,8 @@ def explain(
     def score(*tensors):  # the class score before the softmax, as Grad-CAM takes it (no saturation)
         return logits(*tensors)[:, target_id]
 
-    layers, baselines = [], []
-    if "input_ids" in keys:
-        special = torch.tensor(
-            processor.tokenizer.get_special_tokens_mask(
-                inputs["input_ids"][0].tolist(), already_has_special_tokens=True
-            )
-        ).bool()
-        pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
-        baselines.append(torch.where(special, inputs["input_ids"][0], pad).unsqueeze(0))
-        layers.append(model.mmsa.text_model.get_input_embeddings())
-    if "pixel_values" in keys:
-        stem, last_stage = image_layers(model, inputs["pixel_values"].shape[-1])
-        baselines.append(torch.zeros_like(inputs["pixel_values"]))
-        layers.append(stem)
-
-    methods = {}
+    layers, baselines, last_stage = attribution_layers(model, processor, inputs, keys)
+    methods, heatmap, words, truncated = {}, None, [], 0
     with gradients_through_towers(model), warnings.catch_warnings():
         # the layers are independent (token embeddings, image stem), which captum cannot know
         warnings.filterwarnings("ignore", message="Multiple layers provided")
@@ -344,72 +404,25 @@ def explain(
             internal_batch_size=n_steps,
             return_convergence_delta=True,
         )
-        attributions = attributions if isinstance(attributions, (list, tuple)) else [attributions]
-        by_key = dict(zip(keys, attributions))
-        heatmap = None
+        by_key = dict(zip(keys, attributions if isinstance(attributions, (list, tuple)) else [attributions]))
         if "pixel_values" in keys:
-            if image_method == "grad_cam":
-                cam = LayerGradCam(score, last_stage).attribute(
-                    tuple(inputs[key] for key in keys), relu_attributions=True
-                )
-                cam = cam.detach()[0].sum(dim=0)
-                methods["heatmap"] = (
-                    f"Grad-CAM (captum LayerGradCam) on the image tower's {cam.shape[0]}x{cam.shape[1]} map"
-                )
-            else:
-                # the integrated gradients at the stem, summed over channels, positive part, smoothed over 5x5
-                cam = by_key["pixel_values"].detach()[0].sum(dim=0).clamp(min=0)
-                cam = torch.nn.functional.avg_pool2d(cam[None, None], 5, stride=1, padding=2)[0, 0]
-                methods["heatmap"] = "integrated gradients at the image tower's stem convolution, positive part"
-            heatmap = heatmap_on_image(cam.numpy(), picture.size, processor.image_processor.data_config)
-
-    words, truncated = [], 0
+            heatmap = image_heatmap(by_key, score, inputs, keys, last_stage, picture, processor, image_method, methods)
     if "input_ids" in keys:
-        token_scores = by_key["input_ids"].detach()[0].sum(dim=-1).numpy()
-        encoded = processor.tokenizer(
-            text, truncation=True, max_length=processor.max_length, return_offsets_mapping=True
-        )
-        if encoded["input_ids"] != inputs["input_ids"][0].tolist():
-            raise RuntimeError("the tokenizer's offsets do not match the processor's tokens")
-        words, truncated = word_scores(text, encoded["offset_mapping"], token_scores)
-        if len(processor.tokenizer(text, truncation=False)["input_ids"]) <= processor.max_length:
-            truncated = 0  # words no token reached (zero-width characters, say) were not cut off
-        methods["words"] = (
-            f"integrated gradients (captum LayerIntegratedGradients, {n_steps} steps) on token embeddings"
-        )
-
-    if config.uses_text and config.uses_vision:
-        shares = head_shares(model, inputs, target_id)
-        if shares is not None:
-            methods["modality_shares"] = (
-                "the text and image heads' log-probabilities of the class over a uniform guess"
-            )
-        else:
-            sums = {
-                "text": abs(float(by_key["input_ids"].sum())),
-                "image": abs(float(by_key["pixel_values"].sum())),
-            }
-            total = sum(sums.values()) or 1.0
-            shares = {name: value / total for name, value in sums.items()}
-            methods["modality_shares"] = "integrated gradients summed over each modality (image at the stem conv)"
-    else:
-        shares = {"text": 1.0} if config.uses_text else {"image": 1.0}
-        methods["modality_shares"] = "a single modality"
-
-    id2label = config.id2label
+        words, truncated = text_attributions(by_key, processor, text, inputs, n_steps, methods)
+    shares = shares_of_modalities(model, config, inputs, by_key, target_id, methods)
     return Explanation(
-        label=id2label[target_id],
-        probabilities={id2label[i]: float(p) for i, p in enumerate(probabilities)},
+        label=config.id2label[target_id],
+        probabilities={config.id2label[i]: float(p) for i, p in enumerate(probabilities)},
         words=words,
         heatmap=heatmap,
         modality_shares=shares,
         methods=methods,
         text=text if config.uses_text else None,
         image=picture,
-        predicted=id2label[predicted],
+        predicted=config.id2label[predicted],
         convergence_delta=float(delta.abs().max()),
         truncated_words=truncated,
-        modality_sentiments=sentiments,
+        modality_sentiments=modality_sentiments(outputs, config.id2label),
     )
 
 

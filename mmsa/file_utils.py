@@ -36,6 +36,11 @@ def check_output_file(path: str | Path, what: str = "--output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{what} {path} is an existing folder: give a file path")
+    return check_parents(path, what)
+
+
+def check_parents(path: Path, what: str) -> Path:
+    """Refuses a path whose nearest existing parent is a file."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -55,12 +60,7 @@ def check_output_folder(path: str | Path, overwrite: bool = False, what: str = "
             f"{what} {path} is a folder that is not empty: choose a new folder, or pass --overwrite to replace it "
             "as a whole once the new one is complete"
         )
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputPathError(f"{what} {path}: {parent} is a file, not a folder")
-            break
-    return path
+    return check_parents(path, what)
 
 
 @contextmanager

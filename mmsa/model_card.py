@@ -51,6 +51,60 @@ def epoch_rows(log_history: list[dict]) -> list[dict]:
     return list(unique.values())
 
 
+CALIBRATION_NAMES = {
+    "test_ece": "ECE (10 bins)",
+    "test_nll": "NLL",
+    "test_brier": "Brier score",
+    "test_mean_confidence": "mean top-class probability",
+    "test_text_sentiment_accuracy": "text head accuracy (text labels)",
+    "test_image_sentiment_accuracy": "image head accuracy (image labels)",
+}
+
+
+def eval_results_for(test: dict, dataset_id: str, dataset_name: str) -> list[EvalResult]:
+    """The `model-index` entries: test accuracy, macro-F1 and weighted-F1."""
+    return [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Multimodal sentiment analysis",
+            dataset_type=dataset_id,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type="f1" if "f1" in key else "accuracy",
+            metric_name=name,
+            metric_value=test[key],
+            metric_args={"average": key.split("_")[1]} if "f1" in key else None,
+        )
+        for key, name in METRIC_NAMES.items()
+    ]
+
+
+def card_test_metrics(test: dict) -> list[tuple[str, float]]:
+    """The card's test table: accuracy and F1s, each class's F1, then calibration and the modality heads."""
+    rows = [(METRIC_NAMES[key], test[key]) for key in METRIC_NAMES]
+    rows += [(f"F1 {key[len('test_f1_') :]}", value) for key, value in test.items() if key.startswith("test_f1_")]
+    return rows + [(name, test[key]) for key, name in CALIBRATION_NAMES.items() if key in test]
+
+
+def card_hyperparameters(training: dict, state: dict, data_args: dict, config) -> dict:
+    return {
+        "epochs (max)": training["num_train_epochs"],
+        "epochs run": state.get("epoch"),
+        "batch size per device": training["per_device_train_batch_size"],
+        "devices": training.get("world_size", 1),
+        "weight decay": training["weight_decay"],
+        "scheduler": training["lr_scheduler_type"],
+        "warmup": training["warmup_steps"],
+        "seed": training["seed"],
+        "max text length": data_args["max_text_length"],
+        "early stopping patience": data_args["early_stopping_patience"],
+        "class weights": config.class_weights,
+        "best validation " + str(training["metric_for_best_model"]): state.get("best_metric"),
+        "temperature (fitted on validation)": config.temperature,
+        **({"modality heads, rule weight": config.rule_weight} if config.modality_heads else {}),
+    }
+
+
 def build_model_card(
     model_dir: str | Path,
     repo_id: str,
@@ -85,20 +139,7 @@ def build_model_card(
     dataset_name = "MVSA-Single" if data_args.get("dataset_variant", "single") == "single" else "MVSA-Multiple"
     model_name = repo_id.split("/")[-1]
 
-    eval_results = [
-        EvalResult(
-            task_type="text-classification",
-            task_name="Multimodal sentiment analysis",
-            dataset_type=dataset_id,
-            dataset_name=dataset_name,
-            dataset_split="test",
-            metric_type="f1" if "f1" in key else "accuracy",
-            metric_name=name,
-            metric_value=test[key],
-            metric_args={"average": key.split("_")[1]} if "f1" in key else None,
-        )
-        for key, name in METRIC_NAMES.items()
-    ]
+    eval_results = eval_results_for(test, dataset_id, dataset_name)
     card_data = ModelCardData(
         language=["en"],
         license=license,
@@ -112,25 +153,8 @@ def build_model_card(
         model_name=model_name,
         eval_results=eval_results,
     )
-    test_metrics = [(METRIC_NAMES[key], test[key]) for key in METRIC_NAMES]
-    test_metrics += [
-        (f"F1 {key[len('test_f1_') :]}", value) for key, value in test.items() if key.startswith("test_f1_")
-    ]
-    training = info["training_args"]
-    hyperparameters = {
-        "epochs (max)": training["num_train_epochs"],
-        "epochs run": state.get("epoch"),
-        "batch size per device": training["per_device_train_batch_size"],
-        "devices": training.get("world_size", 1),
-        "weight decay": training["weight_decay"],
-        "scheduler": training["lr_scheduler_type"],
-        "warmup": training["warmup_steps"],
-        "seed": training["seed"],
-        "max text length": data_args["max_text_length"],
-        "early stopping patience": data_args["early_stopping_patience"],
-        "class weights": config.class_weights,
-        "best validation " + str(training["metric_for_best_model"]): state.get("best_metric"),
-    }
+    test_metrics = card_test_metrics(test)
+    hyperparameters = card_hyperparameters(info["training_args"], state, data_args, config)
     counts = info["label_counts"]
     train_counts = counts.get("train", {})
     return ModelCard.from_template(
@@ -152,7 +176,7 @@ def build_model_card(
         label_summary=", ".join(f"{n} {label}" for label, n in train_counts.items()) + " in train",
         label_counts=counts,
         split_seed=data_args["split_seed"],
-        metric_for_best_model=training["metric_for_best_model"],
+        metric_for_best_model=info["training_args"]["metric_for_best_model"],
         test_metrics=test_metrics,
         epochs=epoch_rows(state["log_history"]),
         model_args=model_args,

@@ -13,6 +13,7 @@ published with it, with these differences from that code:
 """
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel, TimmWrapperMode
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 from transformers.utils import can_return_tuple, logging
 
-from .configuration_mmsa import FusionNeeds, MmsaConfig, declare_fusion
+from .configuration_mmsa import FUSION_NEEDS, FusionNeeds, MmsaConfig
 
 
 logger = logging.get_logger(__name__)
@@ -92,7 +93,8 @@ class MmsaClassificationHead(nn.Module):
 
 
 class MmsaEncoderLayer(nn.TransformerEncoderLayer):
-    """A batch-first transformer encoder layer that can also return its (head-averaged) attention weights."""
+    """torch's batch-first transformer encoder layer, sized by the config (its attention weights are recorded by
+    `recorded_attention`)."""
 
     def __init__(self, d_model: int, config: MmsaConfig, norm_first: bool = False, activation: str = "relu"):
         super().__init__(
@@ -105,33 +107,41 @@ class MmsaEncoderLayer(nn.TransformerEncoderLayer):
             norm_first=norm_first,
         )
 
-    def forward_with_attention(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None):
-        """Same computation as `forward`, returning `(hidden, attention_weights)`."""
-        x = hidden
-        attend = self.norm1(x) if self.norm_first else x
-        attended, weights = self.self_attn(
-            attend, attend, attend, key_padding_mask=padding_mask, need_weights=True, average_attn_weights=True
-        )
-        x = x + self.dropout1(attended)
-        if not self.norm_first:
-            x = self.norm1(x)
-        feed = self.norm2(x) if self.norm_first else x
-        x = x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(feed)))))
-        if not self.norm_first:
-            x = self.norm2(x)
-        return x, weights
+
+@contextmanager
+def recorded_attention(layers):
+    """While the block runs, each layer's self-attention also returns its head-averaged weights (its own
+    `need_weights`, asked for by a forward pre-hook), collected in call order by a forward hook. The layers run
+    torch's own code either way; with hooks attached torch takes its general path rather than the fused one."""
+    weights, handles = [], []
+
+    def ask(module, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": True}
+
+    def keep(module, args, output):
+        weights.append(output[1])
+
+    for layer in layers:
+        handles.append(layer.self_attn.register_forward_pre_hook(ask, with_kwargs=True))
+        handles.append(layer.self_attn.register_forward_hook(keep))
+    try:
+        yield weights
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def run_encoder_layers(layers, hidden, padding_mask, output_attentions):
-    """Runs `MmsaEncoderLayer`s; `padding_mask` is True at positions to ignore."""
-    attentions = []
-    for layer in layers:
-        if output_attentions:
-            hidden, weights = layer.forward_with_attention(hidden, padding_mask)
-            attentions.append(weights)
-        else:
+    """Runs `MmsaEncoderLayer`s (`padding_mask` is True at positions to ignore); with `output_attentions`, also
+    returns each layer's attention weights (`recorded_attention`)."""
+    if not output_attentions:
+        for layer in layers:
             hidden = layer(hidden, src_key_padding_mask=padding_mask)
-    return hidden, tuple(attentions)
+        return hidden, ()
+    with recorded_attention(layers) as weights:
+        for layer in layers:
+            hidden = layer(hidden, src_key_padding_mask=padding_mask)
+    return hidden, tuple(weights)
 
 
 @dataclass
@@ -179,47 +189,63 @@ class MmsaFusion(nn.Module):
 
 
 def register_fusion(name: str):
-    """Class decorator: registers a `MmsaFusion` subclass as fusion strategy `name` (for `MmsaConfig.fusion`).
-    Refuses a name that is already registered."""
+    """Class decorator: registers a `MmsaFusion` subclass as fusion strategy `name` (for `MmsaConfig.fusion`), in the
+    model's registry (`MMSA_FUSIONS`) and in the table of what each strategy needs (`configuration_mmsa.FUSION_NEEDS`,
+    read by the config): the only writer of both. Refuses a name that is already registered."""
 
     def register(fusion_class: type[MmsaFusion]) -> type[MmsaFusion]:
         if not (isinstance(fusion_class, type) and issubclass(fusion_class, MmsaFusion)):
             raise TypeError(f"register_fusion({name!r}) takes a MmsaFusion subclass, got {fusion_class!r}.")
         if name in MMSA_FUSIONS:
             raise ValueError(f"fusion {name!r} is already registered ({MMSA_FUSIONS[name].__qualname__}).")
-        declare_fusion(name, fusion_class.needs)
+        FUSION_NEEDS[name] = fusion_class.needs
         MMSA_FUSIONS[name] = fusion_class
         return fusion_class
 
     return register
 
 
+def unregister_fusion(name: str) -> type[MmsaFusion]:
+    """Removes fusion strategy `name` from the registry and the needs table (for tests and notebooks); returns its
+    class. Refuses an unknown name."""
+    if name not in MMSA_FUSIONS:
+        raise KeyError(f"fusion {name!r} is not registered; registered: {', '.join(list_fusions())}")
+    FUSION_NEEDS.pop(name, None)
+    return MMSA_FUSIONS.pop(name)
+
+
+def list_fusions() -> list[str]:
+    """The registered fusion strategies, sorted (the built-in ones and any registered since)."""
+    return sorted(MMSA_FUSIONS)
+
+
+class SingleTowerFusion(MmsaFusion):
+    """One tower's pooled feature -> C(d); the other tower is not built. Subclasses set `modality`."""
+
+    modality: str = "text"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.branch_sizes = (config.fusion_hidden_size,)
+
+    def forward(self, inputs, output_attentions=False):
+        return (getattr(inputs, self.modality),), ()
+
+
 @register_fusion("text_only")
-class TextOnlyFusion(MmsaFusion):
+class TextOnlyFusion(SingleTowerFusion):
     """Text only: the pooled text feature -> C(d); the image tower is not built."""
 
     needs = FusionNeeds(text=True, image=False, tokens=False)
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.branch_sizes = (config.fusion_hidden_size,)
-
-    def forward(self, inputs, output_attentions=False):
-        return (inputs.text,), ()
+    modality = "text"
 
 
 @register_fusion("image_only")
-class ImageOnlyFusion(MmsaFusion):
+class ImageOnlyFusion(SingleTowerFusion):
     """Image only: the pooled image feature -> C(d); the text tower is not built."""
 
     needs = FusionNeeds(text=False, image=True, tokens=False)
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.branch_sizes = (config.fusion_hidden_size,)
-
-    def forward(self, inputs, output_attentions=False):
-        return (inputs.image,), ()
+    modality = "image"
 
 
 @register_fusion("naive_cat")
@@ -310,7 +336,7 @@ class HstecFusion(MmsaFusion):
 @register_fusion("ote")
 class OteFusion(MmsaFusion):
     """Transformer encoder over the pooled features, as in the paper: [text; image] as a sequence of one through
-    encoder layer(s) of width 2d -> C(2d) (the paper's best, 74.5%)."""
+    encoder layer(s) of width 2d -> C(2d) (the paper's best fusion)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -370,14 +396,25 @@ class MmTransformerFusion(MmsaFusion):
         return (torch.cat([self.fusion_norm(hidden[:, 0]), text, image], dim=-1),), attentions
 
 
+FUSION_STRATEGIES = tuple(MMSA_FUSIONS)
+"""The fusion strategies this module defines (others can be added with `register_fusion`)."""
+
+
+PRE_REGISTRY_KEY_MAPPING = {
+    r"^(mmsa\.|)(?=(?:cross_attention_text|cross_attention_image|fusion_layers|fusion_token|modality_embeddings|"
+    r"fusion_norm)(?:\.|$))": r"\1fusion."
+}
+"""Checkpoints saved before fusion strategies became modules (`mmsa.cross_attention_text.*`, `mmsa.fusion_layers.*`,
+`mmsa.fusion_token`, ...) hold today's tensors under older names (`mmsa.fusion.<same name>`): `from_pretrained`
+renames them with this `key_mapping`, so such a folder loads as it is."""
+
+
 def convert_pre_registry_state_dict(state_dict: dict) -> dict:
-    """State dicts saved before fusion strategies became modules (`mmsa.cross_attention_text.*`,
-    `mmsa.fusion_layers.*`, `mmsa.fusion_token`, ...) with today's keys (`mmsa.fusion.<same name>`)."""
-    pattern = re.compile(
-        r"^((?:mmsa\.)?)(cross_attention_text|cross_attention_image|fusion_layers|fusion_token|"
-        r"modality_embeddings|fusion_norm)(\.|$)"
-    )
-    return {pattern.sub(r"\1fusion.\2\3", key): value for key, value in state_dict.items()}
+    """A pre-registry state dict with today's keys (`PRE_REGISTRY_KEY_MAPPING`), for `load_state_dict`."""
+    import re as regex
+
+    ((pattern, replacement),) = PRE_REGISTRY_KEY_MAPPING.items()
+    return {regex.sub(pattern, replacement, key): value for key, value in state_dict.items()}
 
 
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
@@ -464,6 +501,7 @@ class MmsaPreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         check_weight_files(pretrained_model_name_or_path)
         kwargs.setdefault("use_safetensors", True)  # never a pickle (pytorch_model.bin) from a Hub repository either
+        kwargs.setdefault("key_mapping", PRE_REGISTRY_KEY_MAPPING)
         try:
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
@@ -705,6 +743,50 @@ class MmsaModel(MmsaPreTrainedModel):
         tokens = feature_map.flatten(2).transpose(1, 2) if feature_map.ndim == 4 else feature_map
         return outputs.pooler_output, tokens
 
+    def tower_text_features(self, input_ids, attention_mask, token_type_ids, text_features, text_tokens):
+        """The text tower's outputs, `(pooled, token states, attention mask)`: computed from `input_ids` (the raw
+        route), or the precomputed `text_features` (and `text_tokens`) of a frozen tower (the cached route)."""
+        config = self.config
+        if text_features is None:
+            if input_ids is None:
+                raise ValueError(f"fusion={config.fusion!r} needs `input_ids` (or precomputed text features).")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_features, text_tokens = self.encode_text(input_ids, attention_mask, token_type_ids)
+        return text_features, text_tokens, attention_mask
+
+    def text_inputs(self, input_ids, attention_mask, token_type_ids, text_features, text_tokens):
+        """The fusion's text inputs, `(pooled (B, d), token states (B, L, d), mask (B, L))`, projected to the fusion
+        width; the tokens and mask are `None` for a fusion that declared `tokens=False`."""
+        config = self.config
+        text_features, text_tokens, attention_mask = self.tower_text_features(
+            input_ids, attention_mask, token_type_ids, text_features, text_tokens
+        )
+        text = self.text_projection(text_features)
+        if not config.uses_tokens:
+            return text, None, None
+        if text_tokens is None:
+            raise ValueError(f"fusion={config.fusion!r} needs `text_tokens` along with `text_features`.")
+        if attention_mask is None:
+            attention_mask = torch.ones(text_tokens.shape[:2], dtype=torch.long, device=text_tokens.device)
+        return text, self.text_projection(text_tokens), attention_mask.bool()
+
+    def image_inputs(self, pixel_values, image_features, image_tokens):
+        """The fusion's image inputs, `(pooled (B, d), feature-map tokens (B, N, d))`, projected to the fusion width
+        from `pixel_values` (the raw route) or a frozen tower's precomputed features (the cached route); the tokens
+        are `None` for a fusion that declared `tokens=False`."""
+        config = self.config
+        if image_features is None:
+            if pixel_values is None:
+                raise ValueError(f"fusion={config.fusion!r} needs `pixel_values` (or precomputed image features).")
+            image_features, image_tokens = self.encode_image(pixel_values)
+        image = self.image_projection(image_features)
+        if not config.uses_tokens:
+            return image, None
+        if image_tokens is None:
+            raise ValueError(f"fusion={config.fusion!r} needs `image_tokens` along with `image_features`.")
+        return image, self.image_token_projection(image_tokens)
+
     # --- fusion -----------------------------------------------------------------------------------------------
 
     @can_return_tuple
@@ -735,37 +817,20 @@ class MmsaModel(MmsaPreTrainedModel):
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        text = text_mask = image = img_tokens = None
-
+        text = text_mask = image = image_token_states = None
         if config.uses_text:
-            if text_features is None:
-                if input_ids is None:
-                    raise ValueError(f"fusion={config.fusion!r} needs `input_ids` (or precomputed text features).")
-                if attention_mask is None:
-                    attention_mask = torch.ones_like(input_ids)
-                text_features, text_tokens = self.encode_text(input_ids, attention_mask, token_type_ids)
-            text = self.text_projection(text_features)
-            if config.uses_tokens:
-                if text_tokens is None:
-                    raise ValueError(f"fusion={config.fusion!r} needs `text_tokens` along with `text_features`.")
-                if attention_mask is None:
-                    attention_mask = torch.ones(text_tokens.shape[:2], dtype=torch.long, device=text_tokens.device)
-                text_mask = attention_mask.bool()
-                text_tokens = self.text_projection(text_tokens)
+            text, text_tokens, text_mask = self.text_inputs(
+                input_ids, attention_mask, token_type_ids, text_features, text_tokens
+            )
         if config.uses_vision:
-            if image_features is None:
-                if pixel_values is None:
-                    raise ValueError(f"fusion={config.fusion!r} needs `pixel_values` (or precomputed image features).")
-                image_features, image_tokens = self.encode_image(pixel_values)
-            image = self.image_projection(image_features)
-            if config.uses_tokens:
-                if image_tokens is None:
-                    raise ValueError(f"fusion={config.fusion!r} needs `image_tokens` along with `image_features`.")
-                img_tokens = self.image_token_projection(image_tokens)
-
+            image, image_token_states = self.image_inputs(pixel_values, image_features, image_tokens)
         branches, attentions = self.fusion(
             MmsaFusionInputs(
-                text=text, image=image, text_tokens=text_tokens, text_mask=text_mask, image_tokens=img_tokens
+                text=text,
+                image=image,
+                text_tokens=text_tokens,
+                text_mask=text_mask,
+                image_tokens=image_token_states,
             ),
             output_attentions=bool(output_attentions),
         )
@@ -834,15 +899,11 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
     """The loss is a mean over the batch and takes no `num_items_in_batch`, so the `Trainer` divides it by the
     gradient-accumulation steps itself (accumulating k batches of b posts gives the update of one batch of k*b)."""
 
-    def __init__(
-        self,
-        config: MmsaConfig,
-        text_model: PreTrainedModel | None = None,
-        vision_model: PreTrainedModel | None = None,
-    ):
+    def __init__(self, config: MmsaConfig, **towers):
+        """`towers`: `text_model` / `vision_model`, towers already built (see `MmsaModel`)."""
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.mmsa = MmsaModel(config, text_model=text_model, vision_model=vision_model)
+        self.mmsa = MmsaModel(config, **towers)
         self.classifiers = nn.ModuleList(MmsaClassificationHead(size, config) for size in self.mmsa.branch_sizes)
         if config.modality_heads:
             self.text_head = MmsaClassificationHead(config.fusion_hidden_size, config)
@@ -852,21 +913,15 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
     @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        image_features: torch.FloatTensor | None = None,
-        image_tokens: torch.FloatTensor | None = None,
-        text_features: torch.FloatTensor | None = None,
-        text_tokens: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         text_labels: torch.LongTensor | None = None,
         image_labels: torch.LongTensor | None = None,
         output_attentions: bool | None = None,
-        **kwargs,
+        **inputs,
     ) -> MmsaSequenceClassifierOutput:
         r"""
+        inputs: what `MmsaModel.forward` takes (`input_ids`, `attention_mask`, `token_type_ids`, `pixel_values`, or
+            the cached `text_features` / `text_tokens` / `image_features` / `image_tokens`).
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices in `[0, num_labels)` (-100: no post label, e.g. a post whose modalities conflict); when
             given, the (optionally class-weighted) cross-entropy is returned.
@@ -874,17 +929,7 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
             Each modality's own label, for the modality heads (-100: none).
         """
         config = self.config
-        outputs = self.mmsa(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            image_features=image_features,
-            image_tokens=image_tokens,
-            text_features=text_features,
-            text_tokens=text_tokens,
-            output_attentions=output_attentions,
-        )
+        outputs = self.mmsa(**inputs, output_attentions=output_attentions)
         head_logits = [head(branch) for head, branch in zip(self.classifiers, outputs.branch_embeds)]
         if len(head_logits) == 1:
             logits = head_logits[0]
@@ -921,6 +966,7 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
 
 
 __all__ = [
+    "FUSION_STRATEGIES",
     "MMSA_FUSIONS",
     "MmsaFusion",
     "MmsaFusionInputs",
@@ -929,6 +975,8 @@ __all__ = [
     "MmsaModelOutput",
     "MmsaPreTrainedModel",
     "MmsaSequenceClassifierOutput",
+    "list_fusions",
     "register_fusion",
     "rule_distribution",
+    "unregister_fusion",
 ]

@@ -17,17 +17,16 @@ size and text length are dynamic; the image size is the processor's (fixed by it
 the runtime a single call; the feature cache is a training-time device and does not apply to serving.
 
 `quantize="int8"` adds `model_int8.onnx`: ONNX Runtime dynamic quantisation of the matrix multiplications (int8
-weights, one scale per output channel; activations quantised on the fly; no calibration data needed). On the main
-job's model it agreed with float32 on 98.0% of the 452 test posts, where one scale per tensor agreed on 94.7%.
-The image tower's convolutions stay float32: quantised dynamically they become `ConvInteger`, which ran slower than
-float32 on an AVX2 CPU and cost 2.2 points of test accuracy (EfficientNet's depthwise convolutions); static QDQ
-quantisation of the convolutions, calibrated on 128 training posts, agreed on 88.9% only and ran slower too. The
-output folder also holds the processor files, `config.json` and `onnx_manifest.json` (inputs, outputs, dtypes,
-dynamic axes, opset, files).
+weights, one scale per output channel; activations quantised on the fly; no calibration data needed). The image
+tower's convolutions stay float32 (how the variants compare in agreement and speed is measured in the README's ONNX
+section). The output folder also holds the processor files, `config.json` and `onnx_manifest.json` (inputs,
+outputs, dtypes, dynamic axes, opset, files).
 """
 
 import json
 from pathlib import Path
+
+import torch
 
 from .file_utils import atomic_folder, check_output_folder, is_inside
 from .onnx_runtime import MANIFEST, MmsaOnnxModel, NumpyImageProcessor, OnnxSentimentClassifier
@@ -48,6 +47,81 @@ def onnx_input_names(config, tokenizer) -> list[str]:
     return names
 
 
+class OnnxOutputs(torch.nn.Module):
+    """The exported computation: the model's inputs in, `logits` (and with modality heads `text_logits`,
+    `image_logits`) out, as a tuple the exporter can name."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        outputs = self.inner(**inputs, pixel_values=pixel_values)
+        if self.inner.config.modality_heads:
+            return outputs.logits, outputs.text_logits, outputs.image_logits
+        return outputs.logits
+
+
+def output_names(config) -> list[str]:
+    return ["logits", "text_logits", "image_logits"] if config.modality_heads else ["logits"]
+
+
+def export_graph(model, example: dict, names: list[str], opset: int):
+    """`torch.onnx.export(..., dynamo=True)` of the model with a dynamic batch and text length; ValueError naming
+    the fusion and the operator when it cannot be exported."""
+    import torch
+
+    config = model.config
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sequence = torch.export.Dim(
+        "sequence", min=1, max=config.text_config.max_position_embeddings if config.uses_text else 2
+    )
+    dynamic = {name: ({0: batch, 1: sequence} if name != "pixel_values" else {0: batch}) for name in names}
+    try:
+        return torch.onnx.export(
+            OnnxOutputs(model).eval(),
+            (),
+            kwargs=example,
+            input_names=names,
+            output_names=output_names(config),
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as error:  # the exporter's message names the operator it could not convert
+        raise ValueError(
+            f"fusion {config.fusion!r} cannot be exported to ONNX: {type(error).__name__}: {error}"
+        ) from error
+
+
+def manifest_for(config, example: dict, names: list[str], opset: int, files: dict, quantize) -> dict:
+    """What `onnx_manifest.json` says of an export: inputs, outputs, dtypes, dynamic axes, opset, files, labels."""
+    import torch
+
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "dtype": str(example[name].dtype).replace("torch.", ""),
+                "shape": ["batch", "sequence"] if name != "pixel_values" else ["batch", *example[name].shape[1:]],
+            }
+            for name in names
+        ],
+        "outputs": [
+            {"name": name, "dtype": "float32", "shape": ["batch", config.num_labels]} for name in output_names(config)
+        ],
+        "dynamic_axes": {"batch": "every input's first axis", "sequence": "the text inputs' second axis"},
+        "opset": opset,
+        "files": files,
+        "fusion": config.fusion,
+        "id2label": {str(k): v for k, v in config.id2label.items()},
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "quantization": "onnxruntime dynamic int8 of MatMul/Gemm (QInt8 weights, per channel)" if quantize else None,
+    }
+
+
 def export_onnx(
     model, output_dir, quantize: str | None = None, opset: int = 18, processor=None, overwrite: bool = False
 ) -> Path:
@@ -57,7 +131,6 @@ def export_onnx(
     The export is written to a folder beside `output_dir` and moved into place once complete, so graph, manifest
     and processor always belong together; a non-empty `output_dir` is refused unless `overwrite` (then replaced as a
     whole, only when the new export is complete)."""
-    import torch
     from PIL import Image
     from transformers import AutoModelForSequenceClassification, AutoProcessor
 
@@ -80,45 +153,7 @@ def export_onnx(
         images=[Image.new("RGB", (64, 48), (200, 120, 40))] * 2 if config.uses_vision else None,
     )
     example = {name: example[name] for name in names}
-
-    class Logits(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
-            outputs = self.inner(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                pixel_values=pixel_values,
-            )
-            if config.modality_heads:
-                return outputs.logits, outputs.text_logits, outputs.image_logits
-            return outputs.logits
-
-    output_names = ["logits", "text_logits", "image_logits"] if config.modality_heads else ["logits"]
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    sequence = torch.export.Dim(
-        "sequence", min=1, max=config.text_config.max_position_embeddings if config.uses_text else 2
-    )
-    dynamic = {name: ({0: batch, 1: sequence} if name != "pixel_values" else {0: batch}) for name in names}
-    try:
-        program = torch.onnx.export(
-            Logits(model).eval(),
-            (),
-            kwargs=example,
-            input_names=names,
-            output_names=output_names,
-            dynamic_shapes=dynamic,
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
-    except Exception as error:  # the exporter's message names the operator it could not convert
-        raise ValueError(
-            f"fusion {config.fusion!r} cannot be exported to ONNX: {type(error).__name__}: {error}"
-        ) from error
+    program = export_graph(model, example, names, opset)
     with atomic_folder(output_dir, overwrite=overwrite) as staging:
         program.save(str(staging / FILES["float32"]))
         files = {"float32": FILES["float32"]}
@@ -135,28 +170,7 @@ def export_onnx(
             files["int8"] = FILES["int8"]
         config.save_pretrained(staging)
         processor.save_pretrained(staging)
-        manifest = {
-            "inputs": [
-                {
-                    "name": name,
-                    "dtype": str(example[name].dtype).replace("torch.", ""),
-                    "shape": ["batch", "sequence"] if name != "pixel_values" else ["batch", *example[name].shape[1:]],
-                }
-                for name in names
-            ],
-            "outputs": [
-                {"name": name, "dtype": "float32", "shape": ["batch", config.num_labels]} for name in output_names
-            ],
-            "dynamic_axes": {"batch": "every input's first axis", "sequence": "the text inputs' second axis"},
-            "opset": opset,
-            "files": files,
-            "fusion": config.fusion,
-            "id2label": {str(k): v for k, v in config.id2label.items()},
-            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-            "quantization": "onnxruntime dynamic int8 of MatMul/Gemm (QInt8 weights, per channel)"
-            if quantize
-            else None,
-        }
+        manifest = manifest_for(config, example, names, opset, files, quantize)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return output_dir
 

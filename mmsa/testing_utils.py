@@ -134,7 +134,7 @@ def behaviour_probe(seed: int = 0, dtype: str = "float32") -> dict:
     import torch
     from PIL import Image
 
-    from .configuration_mmsa import FUSION_STRATEGIES
+    from .modeling_mmsa import FUSION_STRATEGIES
 
     torch.manual_seed(seed)
     texts = ["i love this great day", "i hate this awful photo !"]
@@ -264,9 +264,10 @@ CHROMIUM_ARGS = [
 display or network."""
 
 
-def launch_app(model, log_path, steps: int = 16, wait_seconds: float = 180.0):
-    """Starts `app.py --model MODEL` on a free local port; returns `(process, url)` once it answers (the caller
-    terminates the process). Raises RuntimeError with the end of the app's log if it exits or does not answer."""
+def launch_app(app, model, log_path, steps: int = 16, wait_seconds: float = 180.0, extra_args=()):
+    """Starts the demo script `app` (a path to `app.py`, which lives beside the package in the repository, not in
+    it) with `--model MODEL` on a free local port; returns `(process, url)` once it answers (the caller terminates
+    the process). Raises RuntimeError with the end of the app's log if it exits or does not answer."""
     import socket
     import subprocess
     import sys
@@ -274,13 +275,15 @@ def launch_app(model, log_path, steps: int = 16, wait_seconds: float = 180.0):
     import urllib.request
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    app = Path(app)
+    if not app.is_file():
+        raise FileNotFoundError(f"{app} does not exist: launch_app needs the repository's app.py")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(log_path, "w")
-    command = [sys.executable, str(root / "app.py"), "--model", str(model), "--server_port", str(port)]
-    process = subprocess.Popen(command + ["--steps", str(steps)], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, str(app), "--model", str(model), "--server_port", str(port), "--steps", str(steps)]
+    process = subprocess.Popen([*command, *extra_args], cwd=app.parent, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:

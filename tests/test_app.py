@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def app_url(tiny_run):
     pytest.importorskip("gradio")
-    process, url = launch_app(tiny_run, tiny_run.parent / "app.log", steps=4)
+    process, url = launch_app(ROOT / "app.py", tiny_run, tiny_run.parent / "app.log", steps=4)
     try:
         yield url
     finally:

@@ -169,3 +169,24 @@ def test_concurrency_is_configured(loaded):
     demo = app.build_demo(*loaded, n_steps=2, concurrency=3)
     limits = {fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "explain"}
     assert limits == {3}
+
+
+def test_the_demo_shows_each_modality_on_its_own(tmp_path, photo):
+    """A model with modality heads: the demo's fifth output gives what the text and the image convey alone."""
+    from gradio_client import Client, handle_file
+
+    import app
+    from mmsa.pipeline_mmsa import save_for_pipeline
+    from mmsa.testing_utils import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor("naive_cat", seed=3, modality_heads=True, initializer_range=0.5)
+    save_for_pipeline(model.eval(), processor, tmp_path / "heads")
+    demo, url = launch(app.load(str(tmp_path / "heads")), timeout=3)
+    try:
+        *_, modalities = Client(url, verbose=False).predict(
+            handle_file(str(photo)), "", "i love this", api_name="/explain"
+        )
+    finally:
+        demo.close()
+    shown = {item["label"].split(":")[0]: item["confidence"] for item in modalities["confidences"]}
+    assert set(shown) == {"text", "image"} and all(0 < score <= 1 for score in shown.values())

@@ -150,7 +150,7 @@ def test_every_row_gets_one_record_in_order(tiny_run, tmp_path, silent_server):
     assert "not valid Unicode" in by_line[6]["error"]
     assert "not valid UTF-8 (byte 0xe9" in by_line[8]["error"]
     assert "no complete answer within 1 s" in by_line[10]["error"]
-    assert "a row must be a JSON object" in by_line[11]["error"]
+    assert "a post must be a JSON object" in by_line[11]["error"]
     assert "label" not in by_line[10] and len(records) == 11
 
 
@@ -330,7 +330,8 @@ def test_cli_predict_single_batch_and_evaluate(tiny_run, tmp_path, capsys):
     reported = json.loads((tiny_run / "test_results.json").read_text())
     for key in ("test_accuracy", "test_macro_f1", "test_weighted_f1"):
         assert metrics[key] == pytest.approx(reported[key])
-    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    assert (tmp_path / "ev" / "test_confusion_matrix.png").is_file()
+    assert (tmp_path / "ev" / "test_reliability_diagram.png").is_file()
 
 
 def test_console_script_exits_zero(tiny_run, tmp_path):

@@ -6,7 +6,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from mmsa import FUSION_STRATEGIES, MmsaConfig, MmsaForSequenceClassification, MmsaModel
+from mmsa import FUSION_STRATEGIES, FusionNeeds, MmsaConfig, MmsaForSequenceClassification, MmsaModel
 from mmsa.testing_utils import tiny_config, tiny_model_and_processor
 
 
@@ -333,7 +333,7 @@ def test_a_fusion_of_ones_own_is_one_class(tmp_path):
     """The README's example: register a fusion from outside the package, train a step, save, reload."""
     from torch import nn
 
-    from mmsa import FUSION_NEEDS, MMSA_FUSIONS, FusionNeeds, MmsaFusion, register_fusion
+    from mmsa import FusionNeeds, MmsaFusion, register_fusion, unregister_fusion
 
     @register_fusion("gated_sum")
     class GatedSumFusion(MmsaFusion):
@@ -366,7 +366,71 @@ def test_a_fusion_of_ones_own_is_one_class(tmp_path):
             assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
         assert "mmsa.fusion.gate.weight" in load_file(tmp_path / "model.safetensors")
     finally:
-        MMSA_FUSIONS.pop("gated_sum", None)
-        FUSION_NEEDS.pop("gated_sum", None)
+        unregister_fusion("gated_sum")
     with pytest.raises(ValueError, match="`fusion` must be one of"):
         MmsaConfig(fusion="gated_sum")
+
+
+def test_the_registry_lists_and_unregisters_fusions():
+    from torch import nn
+
+    from mmsa import FUSION_NEEDS, MmsaFusion, list_fusions, register_fusion, unregister_fusion
+
+    assert list_fusions() == sorted(FUSION_STRATEGIES)
+    seen = {}
+
+    @register_fusion("token_spy")
+    class TokenSpyFusion(MmsaFusion):
+        """Records what it receives (a fusion that declared tokens=False)."""
+
+        needs = FusionNeeds(text=True, image=True, tokens=False)
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.proj = nn.Linear(config.fusion_hidden_size, config.fusion_hidden_size)
+            self.branch_sizes = (config.fusion_hidden_size,)
+
+        def forward(self, inputs, output_attentions=False):
+            seen.update(text_tokens=inputs.text_tokens, text_mask=inputs.text_mask, image_tokens=inputs.image_tokens)
+            return (self.proj(inputs.text + inputs.image),), ()
+
+    try:
+        assert "token_spy" in list_fusions() and FUSION_NEEDS["token_spy"] == TokenSpyFusion.needs
+        model, processor = tiny_model_and_processor("token_spy")
+        model(**padded_batch(processor, 64))
+        assert seen == {"text_tokens": None, "text_mask": None, "image_tokens": None}
+    finally:
+        assert unregister_fusion("token_spy") is TokenSpyFusion
+    assert "token_spy" not in list_fusions() and "token_spy" not in FUSION_NEEDS
+    with pytest.raises(KeyError, match="not registered"):
+        unregister_fusion("token_spy")
+
+
+def test_a_pre_registry_folder_loads_as_it_is(tmp_path):
+    """A checkpoint whose fusion tensors have their pre-registry names loads through `from_pretrained` itself."""
+    import re
+
+    from safetensors.torch import save_file
+
+    model, _ = tiny_model_and_processor("mm_transformer", seed=1)
+    model.save_pretrained(tmp_path)
+    current = load_file(tmp_path / "model.safetensors")
+    names = "cross_attention_text|cross_attention_image|fusion_layers|fusion_token|modality_embeddings|fusion_norm"
+    old = {re.sub(rf"^mmsa\.fusion\.(?=({names}))", "mmsa.", key): value for key, value in current.items()}
+    assert sum(a != b for a, b in zip(old, current)) > 0
+    save_file(old, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    reloaded = MmsaForSequenceClassification.from_pretrained(tmp_path)
+    assert all(torch.equal(reloaded.state_dict()[key], value) for key, value in current.items())
+
+
+def test_attention_weights_are_recorded_without_changing_the_output():
+    model, processor = tiny_model_and_processor("mm_transformer", seed=2, initializer_range=0.5)
+    model.eval()
+    batch = padded_batch(processor, 64)
+    with torch.no_grad():
+        plain = model(**batch)
+        recorded = model(**batch, output_attentions=True)
+    torch.testing.assert_close(recorded.logits, plain.logits, rtol=1e-5, atol=1e-6)
+    assert len(recorded.attentions) == model.config.fusion_num_layers
+    assert all(torch.allclose(a.sum(-1), torch.ones_like(a.sum(-1))) for a in recorded.attentions)
+    assert all(not layer.self_attn._forward_hooks for layer in model.mmsa.fusion.fusion_layers)  # hooks removed

@@ -48,7 +48,7 @@ def test_pipeline_inputs_and_outputs(run_dir, tmp_path, image_server):
     from_pil = classifier({"text": "i love this", "image": url_image}, top_k=None)
     assert [o["label"] for o in from_pil] == [o["label"] for o in everything[3]]
     assert [o["score"] for o in from_pil] == pytest.approx([o["score"] for o in everything[3]], abs=1e-6)
-    with pytest.raises(ValueError, match="non-empty 'text'"):
+    with pytest.raises(ValueError, match="empty 'text'"):
         classifier({"text": " ", "image": posts[0]["image"]})
 
 

@@ -176,7 +176,7 @@ def test_every_route_gives_the_same_pixels(kind, tmp_path, tiny_run):
             "pipeline, path": classifier.preprocess({"text": "x", "image": str(path)})["pixel_values"][0],
             "pipeline, URL": classifier.preprocess({"text": "x", "image": url})["pixel_values"][0],
             "CLI": processor(
-                images=cli.read_post({"text": "x", "image": path.name}, tmp_path, classifier.model.config)["image"]
+                images=cli.read_row({"text": "x", "image": path.name}, tmp_path, classifier.model.config)["image"]
             )["pixel_values"][0],
         }
     finally:

@@ -66,7 +66,7 @@ def test_dry_run_folder_loads_without_mmsa_and_predicts_the_same(run_dir, tmp_pa
         "processor_config.json",
         "tokenizer.json",
         "README.md",
-        "confusion_matrix.png",
+        "test_confusion_matrix.png",
         "explanation.png",
     } <= names
     config = json.loads((folder / "config.json").read_text())
@@ -162,7 +162,7 @@ def test_upload_goes_through_hfapi_in_one_commit(run_dir, tmp_path, monkeypatch,
         "README.md",
         "modeling_mmsa.py",
         "pipeline_mmsa.py",
-        "confusion_matrix.png",
+        "test_confusion_matrix.png",
     } <= set(upload["files"])
     test = json.loads((run_dir / "test_results.json").read_text())
     assert f"test accuracy {test['test_accuracy']:.4f}" in upload["commit_message"]

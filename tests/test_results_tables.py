@@ -51,6 +51,7 @@ def test_every_run_comes_from_todays_modelling_code(today):
             (
                 "accelerate launch train_hf.py configs/offline_minilm_effnet.yaml",
                 "accelerate launch train_hf.py configs/best_offline.yaml",
+                "accelerate launch train_hf.py configs/mpnet_lite2_naive_combine.yaml",
             )
         )
 

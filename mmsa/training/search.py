@@ -14,17 +14,14 @@ A search-space parameter is applied where it belongs: a `TrainingArguments` fiel
 import json
 import logging
 
-from .configuration_mmsa import MmsaConfig
-from .file_utils import write_text_atomic
+from ..file_utils import write_text_atomic
+from .setup import CONFIG_FIELDS
 
 
 logger = logging.getLogger(__name__)
 
 GROUP_LEARNING_RATES = {"text_learning_rate": "text", "vision_learning_rate": "vision", "head_learning_rate": "head"}
 """Search-space names of `MmsaTrainer`'s per-group learning rates, and their groups."""
-
-CONFIG_FIELDS = frozenset(MmsaConfig.__annotations__) - {"text_config", "vision_config", "fusion"}
-"""`MmsaConfig` fields a search may set (the fusion strategy and towers are chosen outside the search)."""
 
 
 def default_hp_space(trial) -> dict:
