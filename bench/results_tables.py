@@ -33,7 +33,8 @@ PUBLISHED = [
 """Published single-split figures on MVSA-Single (accuracy, macro-F1, weighted-F1), from the papers."""
 CROSS_SPLIT = RESULTS / "cross_split"
 CANDIDATES = {
-    "best_offline": "`configs/best_offline.yaml`: MPNet + EfficientNet-Lite2, `naive_combine`",
+    "best_offline": "MPNet + EfficientNet-Lite2, `naive_combine` (`configs/mpnet_lite2_naive_combine.yaml`, "
+    "`configs/best_offline.yaml` before the modality heads)",
     "best_offline_searched": "MPNet + EfficientNet-Lite2, `naive_combine`, hyperparameters searched "
     "(`--hp_search_trials 8`, trials scored on 20% of the training split)",
     "best_offline_searched_on_validation": "MPNet + EfficientNet-Lite2, `naive_combine`, hyperparameters searched "
@@ -50,7 +51,8 @@ for _towers, _config, _fusion in (
         {
             f"{_config}_calibrated": f"{_towers}, {_fusion}, calibrated",
             f"{_config}_heads": f"{_towers}, {_fusion} + modality heads, calibrated",
-            f"{_config}_heads_rule": f"{_towers}, {_fusion} + modality heads + labelling rule, calibrated",
+            f"{_config}_heads_rule": f"{_towers}, {_fusion} + modality heads + labelling rule, calibrated"
+            + (" (`configs/best_offline.yaml`)" if _config == "mm_transformer" else ""),
             f"{_config}_heads_conflicts": f"{_towers}, {_fusion} + modality heads, conflicting posts in training, "
             "calibrated",
             f"{_config}_heads_conflicts_rule": f"{_towers}, {_fusion} + modality heads + labelling rule, conflicting "

@@ -67,7 +67,7 @@ def test_clean_room_remote_code_load(tmp_path):
 
 
 def test_an_mpnet_text_tower_loads_by_remote_code_too(tmp_path):
-    """The best offline model's text tower is an MPNet (`configs/best_offline.yaml`): the saved folder loads in-library
+    """The larger offline text tower is an MPNet (`configs/mpnet_lite2_naive_combine.yaml`): the saved folder loads in-library
     and by remote code alike (a tiny random MPNet here, of the real architecture)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, MPNetConfig, MPNetModel
 
