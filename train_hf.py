@@ -114,6 +114,13 @@ class DataArguments:
     split_seed: int = field(default=42, metadata={"help": "Seed of the stratified 8:1:1 split of a raw folder."})
     split_file: str | None = field(default=None, metadata={"help": "JSON ids per split to use instead."})
     max_text_length: int = field(default=128, metadata={"help": "Texts are truncated to this many tokens."})
+    text_normalization: str = field(
+        default="none",
+        metadata={
+            "help": "Text normalisation of the processor, saved with it and applied in training and inference alike: "
+            "'none', or 'tweet' (mentions and URLs to placeholders, '#hashtag' to '# hashtag', emoji to their names)."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training posts."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N validation/test posts."}
@@ -327,6 +334,7 @@ def build_model(model_args, data_args, class_weights=None):
         class_weights=class_weights,
         max_text_length=data_args.max_text_length,
         model_name_or_path=model_args.model_name_or_path,
+        text_normalization=data_args.text_normalization,
     )
 
 

@@ -368,6 +368,8 @@ def explain(
     config = model.config
     post = read_post({"text": text, "image": image}, config.uses_text, config.uses_vision, max_pixels=max_pixels)
     text, picture = post.get("text"), post.get("image")
+    if text is not None and hasattr(processor, "normalize"):
+        text = processor.normalize(text)  # the words explained are the words the model saw
     model.eval()
     inputs = dict(processor(text=text if config.uses_text else None, images=picture))
     with torch.no_grad():

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .file_utils import atomic_path
 from .processing_mmsa import IMAGE_LOADER_VERSION, load_rgb_image
+from .text_normalization import normalize_texts
 
 
 logger = logging.getLogger(__name__)
@@ -164,9 +165,17 @@ def compute_image_features(
 
 @torch.no_grad()
 def compute_text_features(
-    mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, batch_size: int = 64, desc: str = "text features"
+    mmsa_model,
+    tokenizer,
+    split,
+    max_length: int,
+    with_tokens: bool,
+    batch_size: int = 64,
+    desc: str = "text features",
+    normalization: str = "none",
 ):
-    """Runs the text tower over a split: `{"pooled", "tokens"?, "lengths"?}`, tokens zero-padded to the longest."""
+    """Runs the text tower over a split: `{"pooled", "tokens"?, "lengths"?}`, tokens zero-padded to the longest.
+    Texts are normalised first (`normalization`, as the processor does)."""
     mmsa_model.eval()
     device = next(mmsa_model.text_model.parameters()).device
     pooled, tokens, lengths = [], [], []
@@ -174,7 +183,7 @@ def compute_text_features(
     max_length = min(max_length, getattr(mmsa_model.text_model.config, "max_position_embeddings", max_length))
     bar = progress(len(split), desc)
     for start in range(0, len(split), batch_size):
-        texts = list(split[start : start + batch_size]["text"])
+        texts = normalize_texts(list(split[start : start + batch_size]["text"]), normalization)
         # Padded to max_length, in full batches: a post's features do not depend on the other posts of its batch.
         encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
         full = {k: full_batch(v, batch_size).to(device) for k, v in encoded.items()}
@@ -305,9 +314,17 @@ def cache_image_features(
 
 
 def cache_text_features(
-    mmsa_model, tokenizer, split, max_length: int, with_tokens: bool, cache_dir=None, desc: str = "text features"
+    mmsa_model,
+    tokenizer,
+    split,
+    max_length: int,
+    with_tokens: bool,
+    cache_dir=None,
+    desc: str = "text features",
+    normalization: str = "none",
 ) -> CachedFeatures:
-    """The frozen text tower's features of `split`, each post computed on its first use in any split."""
+    """The frozen text tower's features of `split`, each post computed on its first use in any split (its text
+    normalised by `normalization` first, which is part of the store's key)."""
     vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
     key = tower_fingerprint(
         mmsa_model.text_model,
@@ -317,13 +334,14 @@ def cache_text_features(
             "max_length": max_length,
             "lower_case": getattr(tokenizer, "do_lower_case", None),
             "attention": mmsa_model.text_model.config._attn_implementation,
+            **({"normalization": normalization} if normalization != "none" else {}),
         },
     )
     return _cached(
         Path(cache_dir or default_cache_dir()) / "text" / key,
         text_keys(split),
         lambda rows: compute_text_features(
-            mmsa_model, tokenizer, split.select(rows), max_length, with_tokens, desc=desc
+            mmsa_model, tokenizer, split.select(rows), max_length, with_tokens, desc=desc, normalization=normalization
         ),
         "text",
         with_tokens,

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .image_io import load_rgb_image
+from .text_normalization import normalize_texts
 
 
 MANIFEST = "onnx_manifest.json"
@@ -219,12 +220,13 @@ class OnnxSentimentClassifier:
             else {}
         )
         self.max_length = saved.get("max_length", 128)
+        self.text_normalization = saved.get("text_normalization", "none")
 
     def preprocess_text(self, posts: list[dict]) -> dict:
         """The graph's text inputs for a batch of posts (none for an image-only model)."""
         if not self.model.uses_text:
             return {}
-        texts = [post["text"] for post in posts]
+        texts = normalize_texts([post["text"] for post in posts], self.text_normalization)
         return dict(
             self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         )

@@ -20,6 +20,7 @@ from .image_io import (  # noqa: F401 - re-exported for the callers of this modu
     is_url,
     load_rgb_image,
 )
+from .text_normalization import TEXT_NORMALIZATIONS, normalize_texts
 
 
 class MmsaImageProcessor(TimmWrapperImageProcessor):
@@ -147,13 +148,25 @@ class MmsaProcessor(ProcessorMixin):
         image_processor (`MmsaImageProcessor`): the image transforms.
         tokenizer (`PreTrainedTokenizerBase`): the text tower's tokenizer.
         max_length (`int`, *optional*, defaults to 128): texts are truncated to this many tokens.
+        text_normalization (`str`, *optional*, defaults to `"none"`): applied to every text before it is tokenised,
+            in training, the feature cache and inference alike; `"tweet"` turns mentions and URLs into placeholders,
+            `#hashtag` into `# hashtag` and emoji into their names (`mmsa.text_normalization`).
     """
 
     valid_processor_kwargs = MmsaProcessorKwargs
 
-    def __init__(self, image_processor=None, tokenizer=None, max_length: int = 128, **kwargs):
+    def __init__(
+        self, image_processor=None, tokenizer=None, max_length: int = 128, text_normalization: str = "none", **kwargs
+    ):
+        if text_normalization not in TEXT_NORMALIZATIONS:
+            raise ValueError(f"text_normalization must be one of {TEXT_NORMALIZATIONS}, got {text_normalization!r}")
         self.max_length = max_length
+        self.text_normalization = text_normalization
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def normalize(self, text):
+        """One text or a list, under this processor's `text_normalization` (what the tokenizer is given)."""
+        return normalize_texts(text, self.text_normalization)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -164,7 +177,7 @@ class MmsaProcessor(ProcessorMixin):
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
-    def from_model_config(cls, config, tokenizer, max_length: int = 128):
+    def from_model_config(cls, config, tokenizer, max_length: int = 128, text_normalization: str = "none"):
         """Builds the processor for an `MmsaConfig` (its vision tower's pretrained config) and a tokenizer."""
         vision_config = config.vision_config
         # The architecture's default timm pretrained_cfg, overridden by what the tower's config carries.
@@ -172,13 +185,21 @@ class MmsaProcessor(ProcessorMixin):
         pretrained_cfg = default.to_dict() if default is not None else {}
         pretrained_cfg.update(getattr(vision_config, "pretrained_cfg", None) or {})
         image_processor = MmsaImageProcessor(pretrained_cfg=pretrained_cfg, architecture=vision_config.architecture)
-        return cls(image_processor=image_processor, tokenizer=tokenizer, max_length=max_length)
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            text_normalization=text_normalization,
+        )
 
     def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
         """`ProcessorMixin`'s call (texts to the tokenizer, padded and truncated to `max_length`; images to the image
         processor, with `training=True` for the augmenting transforms), with this processor's `max_length` as the
-        default length."""
+        default length. Texts are normalised first (`text_normalization`)."""
         kwargs.setdefault("max_length", self.max_length)
+        if text is not None and self.text_normalization != "none":
+            self.validate_inputs(text=text if isinstance(text, str) else list(text))  # before, as the tokenizer sees
+            text = self.normalize(text if isinstance(text, str) else list(text))
         return super().__call__(images=images, text=text, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):

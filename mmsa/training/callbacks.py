@@ -45,6 +45,7 @@ def run_fingerprint(model_args: dict, data_args: dict, source: str, dataset) -> 
         "split_seed",
         "split_file",
         "max_text_length",
+        "text_normalization",
         "max_train_samples",
         "max_eval_samples",
         "cache_frozen_features",

@@ -28,7 +28,8 @@ def make_transform(
             if text_cache is not None:
                 out.update(text_cache.rows(batch["feature_row"]))
             else:
-                encoded = processor.tokenizer(list(batch["text"]), truncation=True, max_length=max_length)
+                texts = processor.normalize(list(batch["text"])) if hasattr(processor, "normalize") else batch["text"]
+                encoded = processor.tokenizer(list(texts), truncation=True, max_length=max_length)
                 out.update({key: list(values) for key, values in encoded.items()})
         if use_images:
             if image_cache is not None:
@@ -110,6 +111,7 @@ def fill_feature_caches(
                         with_tokens=config.uses_tokens,
                         cache_dir=cache_dir,
                         desc=f"text features ({name})",
+                        normalization=getattr(processor, "text_normalization", "none"),
                     )
                 if cache_images:
                     caches[name]["image_cache"] = cache_image_features(

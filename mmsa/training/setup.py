@@ -119,6 +119,7 @@ def build_model_and_processor(
     class_weights: list[float] | None = None,
     max_text_length: int = 128,
     model_name_or_path: str | None = None,
+    text_normalization: str = "none",
 ):
     """The model and processor of a run: a saved MMSA folder (`model_name_or_path`), or towers joined with new fusion
     layers (`from_text_vision_pretrained`, the config from `fusion` and `config_overrides`)."""
@@ -131,6 +132,8 @@ def build_model_and_processor(
         model = MmsaForSequenceClassification.from_pretrained(model_name_or_path)
         processor = MmsaProcessor.from_pretrained(model_name_or_path)
         processor.max_length = max_text_length
+        if text_normalization != "none":
+            processor.text_normalization = text_normalization
         return model, processor
     model = MmsaForSequenceClassification.from_text_vision_pretrained(
         text_model_name_or_path,
@@ -141,7 +144,9 @@ def build_model_and_processor(
     )
     # image_only still needs a tokenizer for the processor; it comes from the text checkpoint when there is one.
     tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
-    processor = MmsaProcessor.from_model_config(model.config, tokenizer, max_length=max_text_length)
+    processor = MmsaProcessor.from_model_config(
+        model.config, tokenizer, max_length=max_text_length, text_normalization=text_normalization
+    )
     return model, processor
 
 
