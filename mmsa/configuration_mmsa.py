@@ -30,6 +30,7 @@ def fusion_needs(name: str) -> FusionNeeds | None:
 
 
 TEXT_POOLINGS = ("pooler", "mean", "cls")
+DEFAULT_ENSEMBLE = ("naive_cat", "ote", "mm_transformer")
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 """The MVSA classes, in the order of their ids (also the dataset's `ClassLabel` names)."""
@@ -84,6 +85,9 @@ class MmsaConfig(PreTrainedConfig):
             layers stay fixed. `None` trains every layer. Ignored when `freeze_text_backbone` is set.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the new fusion layers.
+        ensemble_fusions (`list[str]`, *optional*):
+            With `fusion="ensemble"`: the member strategies, each with its own head(s) over the same towers; defaults
+            to `["naive_cat", "ote", "mm_transformer"]`.
         temperature (`float`, *optional*, defaults to 1.0):
             The post logits are divided by it in the forward pass (the loss uses the raw logits), so that every route
             (pipeline, CLI, ONNX, explanations, demo) gives calibrated probabilities; the argmax never changes. Fitted
@@ -138,6 +142,7 @@ class MmsaConfig(PreTrainedConfig):
     freeze_vision_backbone: bool = False
     text_trainable_layers: int | None = None
     initializer_range: float = 0.02
+    ensemble_fusions: list[str] | None = None
     temperature: float = 1.0
     modality_heads: bool = False
     modality_loss_weight: float = 0.5
@@ -164,6 +169,13 @@ class MmsaConfig(PreTrainedConfig):
                 f"`fusion_hidden_size` ({self.fusion_hidden_size}) must be divisible by `fusion_num_heads` "
                 f"({self.fusion_num_heads})."
             )
+        if self.fusion == "ensemble":
+            self.ensemble_fusions = list(self.ensemble_fusions or DEFAULT_ENSEMBLE)
+            unknown = [name for name in self.ensemble_fusions if name == "ensemble" or fusion_needs(name) is None]
+            if unknown or not self.ensemble_fusions:
+                raise ValueError(
+                    f"`ensemble_fusions` must name registered single strategies, got {self.ensemble_fusions}."
+                )
         for name in ("temperature", "text_temperature", "image_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)}.")

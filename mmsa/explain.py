@@ -246,7 +246,7 @@ def word_scores(text: str, offsets, token_scores) -> tuple[list[tuple[str, float
 def head_shares(model, inputs, target: int) -> dict[str, float] | None:
     """For two-head fusions (a text head, an image head): each head's log-probability of `target` minus a uniform
     guess's, as shares of their absolute sum."""
-    if len(model.classifiers) != 2:
+    if getattr(model.mmsa.fusion, "head_modalities", None) != ("text", "image"):
         return None
     with torch.no_grad():
         outputs = model.mmsa(**inputs)

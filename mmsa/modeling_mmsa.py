@@ -172,6 +172,9 @@ class MmsaFusion(nn.Module):
     describes it in model cards. Register it with `@register_fusion("name")`."""
 
     needs: FusionNeeds = FusionNeeds(text=True, image=True, tokens=False)
+    head_modalities: tuple[str, ...] | None = None
+    """For strategies whose heads each read one modality (`("text", "image")`): explanations take the modality
+    shares from them."""
 
     def __init__(self, config: MmsaConfig):
         super().__init__()
@@ -264,6 +267,8 @@ class NaiveCatFusion(MmsaFusion):
 class NaiveCombineFusion(MmsaFusion):
     """Two heads: a text head C(d) and an image head C(d), combined as the mean of their log-probabilities."""
 
+    head_modalities = ("text", "image")
+
     def __init__(self, config):
         super().__init__(config)
         self.branch_sizes = (config.fusion_hidden_size, config.fusion_hidden_size)
@@ -276,6 +281,8 @@ class NaiveCombineFusion(MmsaFusion):
 class CmacFusion(MmsaFusion):
     """Cross-modal attention: text tokens attend to image tokens and image tokens to (unpadded) text tokens; text
     head on [text; mean of attended text tokens], image head on [image; mean of attended image tokens], combined."""
+
+    head_modalities = ("text", "image")
 
     needs = FusionNeeds(text=True, image=True, tokens=True)
 
@@ -310,6 +317,8 @@ class HstecFusion(MmsaFusion):
     """Joint token encoder: transformer encoder layer(s) over the joined text + image token sequence (padding
     masked); text head on [text; mean of encoded text tokens], image head on [image; mean of encoded image tokens],
     combined."""
+
+    head_modalities = ("text", "image")
 
     needs = FusionNeeds(text=True, image=True, tokens=True)
 
@@ -397,7 +406,37 @@ class MmTransformerFusion(MmsaFusion):
 
 
 FUSION_STRATEGIES = tuple(MMSA_FUSIONS)
-"""The fusion strategies this module defines (others can be added with `register_fusion`)."""
+"""The single fusion strategies this module defines (others can be added with `register_fusion`); `ensemble`
+combines them."""
+
+
+def member_inputs(inputs: MmsaFusionInputs, needs: FusionNeeds) -> MmsaFusionInputs:
+    """What a member strategy receives: token tensors only if it declared `tokens=True`."""
+    if needs.tokens:
+        return inputs
+    return MmsaFusionInputs(text=inputs.text, image=inputs.image)
+
+
+@register_fusion("ensemble")
+class EnsembleFusion(MmsaFusion):
+    """Ensemble: several fusion strategies (`config.ensemble_fusions`) over the same towers, each with its own
+    head(s); the model averages the log-probabilities of every head, so the members vote as a product of experts."""
+
+    needs = FusionNeeds(text=True, image=True, tokens=True)
+
+    def __init__(self, config):
+        super().__init__(config)
+        names = list(config.ensemble_fusions)
+        self.members = nn.ModuleList(MMSA_FUSIONS[name](config) for name in names)
+        self.branch_sizes = tuple(size for member in self.members for size in member.branch_sizes)
+
+    def forward(self, inputs, output_attentions=False):
+        branches, attentions = [], []
+        for member in self.members:
+            member_branches, member_attentions = member(member_inputs(inputs, member.needs), output_attentions)
+            branches.extend(member_branches)
+            attentions.extend(member_attentions)
+        return tuple(branches), tuple(attentions)
 
 
 PRE_REGISTRY_KEY_MAPPING = {

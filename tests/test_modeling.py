@@ -280,7 +280,7 @@ FIXTURES = Path(__file__).with_name("fixtures")
 def test_registry_and_config_list_agree():
     from mmsa import FUSION_NEEDS, MMSA_FUSIONS
 
-    assert set(MMSA_FUSIONS) == set(FUSION_NEEDS) == set(FUSION_STRATEGIES)
+    assert set(MMSA_FUSIONS) == set(FUSION_NEEDS) == {*FUSION_STRATEGIES, "ensemble"}
     for name, fusion_class in MMSA_FUSIONS.items():
         assert FUSION_NEEDS[name] == fusion_class.needs
         config = tiny_config(name)
@@ -376,7 +376,7 @@ def test_the_registry_lists_and_unregisters_fusions():
 
     from mmsa import FUSION_NEEDS, MmsaFusion, list_fusions, register_fusion, unregister_fusion
 
-    assert list_fusions() == sorted(FUSION_STRATEGIES)
+    assert list_fusions() == sorted([*FUSION_STRATEGIES, "ensemble"])
     seen = {}
 
     @register_fusion("token_spy")
@@ -434,3 +434,36 @@ def test_attention_weights_are_recorded_without_changing_the_output():
     assert len(recorded.attentions) == model.config.fusion_num_layers
     assert all(torch.allclose(a.sum(-1), torch.ones_like(a.sum(-1))) for a in recorded.attentions)
     assert all(not layer.self_attn._forward_hooks for layer in model.mmsa.fusion.fusion_layers)  # hooks removed
+
+
+def test_an_ensemble_averages_its_members_heads():
+    """`fusion="ensemble"`: the members' heads over the same towers, averaged as log-probabilities; a member that
+    declared tokens=False gets none; the folder saves and loads as one model."""
+    import tempfile
+
+    model, processor = tiny_model_and_processor(
+        "ensemble", seed=5, ensemble_fusions=["naive_cat", "naive_combine", "mm_transformer"], initializer_range=0.5
+    )
+    assert [type(m).__name__ for m in model.mmsa.fusion.members] == [
+        "NaiveCatFusion",
+        "NaiveCombineFusion",
+        "MmTransformerFusion",
+    ]
+    assert len(model.classifiers) == 4  # naive_combine has a text head and an image head
+    model.eval()
+    batch = padded_batch(processor, 64)
+    with torch.no_grad():
+        outputs = model.mmsa(**batch)
+        heads = [torch.log_softmax(h(b), -1) for h, b in zip(model.classifiers, outputs.branch_embeds)]
+        logits = model(**batch).logits
+    torch.testing.assert_close(logits, torch.stack(heads).mean(0))
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        reloaded = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        assert reloaded.config.ensemble_fusions == ["naive_cat", "naive_combine", "mm_transformer"]
+        with torch.no_grad():
+            assert torch.equal(reloaded(**batch).logits, logits)
+    with pytest.raises(ValueError, match="ensemble_fusions"):
+        MmsaConfig(fusion="ensemble", ensemble_fusions=["ensemble"])
+    with pytest.raises(ValueError, match="ensemble_fusions"):
+        MmsaConfig(fusion="ensemble", ensemble_fusions=["no_such_fusion"])

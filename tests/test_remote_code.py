@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from PIL import Image
 
@@ -34,8 +35,9 @@ CLEAN_ROOM = textwrap.dedent(
 )
 
 
-def test_clean_room_remote_code_load(tmp_path):
-    model, processor = tiny_model_and_processor("mm_transformer")
+@pytest.mark.parametrize("fusion", ["mm_transformer", "ensemble"])
+def test_clean_room_remote_code_load(tmp_path, fusion):
+    model, processor = tiny_model_and_processor(fusion, modality_heads=fusion == "ensemble")
     model.eval()
     folder = tmp_path / "model"
     model.save_pretrained(folder)

@@ -75,29 +75,51 @@ def fold_config_flags(argv: list[str], fields=CONFIG_FIELDS) -> list[str]:
     return rest + (["--config_overrides", ",".join(overrides)] if overrides else [])
 
 
+def list_field_type(name: str):
+    """The item type of an `MmsaConfig` field annotated `list[X] | None`, else None."""
+    for kind in (MmsaConfig.__annotations__.get(name), *typing.get_args(MmsaConfig.__annotations__.get(name))):
+        if typing.get_origin(kind) is list:
+            return typing.get_args(kind)[0]
+    return None
+
+
 def parse_config_overrides(overrides: str | None) -> dict:
     """`"fusion_hidden_size=128,fusion_num_layers=2"` -> `{"fusion_hidden_size": 128, "fusion_num_layers": 2}`,
-    typed and checked by `PretrainedConfig.update_from_string` on a default `MmsaConfig` (an unknown field fails)."""
+    typed and checked by `PretrainedConfig.update_from_string` on a default `MmsaConfig` (an unknown field fails).
+    A list field takes its items joined by `+` (`ensemble_fusions=naive_cat+ote`)."""
     if not overrides:
         return {}
     probe = MmsaConfig()
-    names = [item.split("=", 1)[0].strip() for item in overrides.split(",") if item.strip()]
+    items = [item.strip() for item in overrides.split(",") if item.strip()]
+    names = [item.split("=", 1)[0].strip() for item in items]
+    lists = {}
+    for item, name in zip(items, names):
+        kind = list_field_type(name)
+        if kind is not None:
+            value = item.split("=", 1)[1] if "=" in item else ""
+            lists[name] = [kind(part) for part in value.split("+") if part.strip()]
     for name in names:  # a field that defaults to None (`int | None`) is typed by its annotation
-        if getattr(probe, name, 0) is None:
+        if name not in lists and getattr(probe, name, 0) is None:
             kinds = [
                 kind for kind in typing.get_args(MmsaConfig.__annotations__.get(name)) if kind in (int, float, str)
             ]
             if kinds:
                 setattr(probe, name, kinds[0]())
-    probe.update_from_string(overrides)
-    return {name: getattr(probe, name) for name in names}
+    scalar = ",".join(item for item, name in zip(items, names) if name not in lists)
+    if scalar:
+        probe.update_from_string(scalar)
+    return {name: lists[name] if name in lists else getattr(probe, name) for name in names}
 
 
 def format_config_overrides(overrides: dict) -> str:
     """The inverse of `parse_config_overrides`: `{"fusion_hidden_size": 128}` -> `"fusion_hidden_size=128"`."""
-    return ",".join(
-        f"{name}={str(value).lower() if isinstance(value, bool) else value}" for name, value in overrides.items()
-    )
+
+    def text(value):
+        if isinstance(value, bool):
+            return str(value).lower()
+        return "+".join(str(item) for item in value) if isinstance(value, (list, tuple)) else str(value)
+
+    return ",".join(f"{name}={text(value)}" for name, value in overrides.items())
 
 
 def class_weights_from(option: str | None, train_labels, num_labels: int) -> list[float] | None:
