@@ -950,15 +950,10 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        labels: torch.LongTensor | None = None,
-        text_labels: torch.LongTensor | None = None,
-        image_labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        **inputs,
-    ) -> MmsaSequenceClassifierOutput:
+    def forward(self, labels=None, text_labels=None, image_labels=None, output_attentions=None, **inputs):
         r"""
+        Returns an `MmsaSequenceClassifierOutput`.
+
         inputs: what `MmsaModel.forward` takes (`input_ids`, `attention_mask`, `token_type_ids`, `pixel_values`, or
             the cached `text_features` / `text_tokens` / `image_features` / `image_tokens`).
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
