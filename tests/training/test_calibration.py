@@ -256,3 +256,17 @@ def test_mmsa_calibrate_writes_the_temperature_and_keeps_the_predictions(tiny_ru
     assert before[0]["label"] == after[0]["label"] and before[0]["score"] != pytest.approx(after[0]["score"])
     metrics = cli.run(["evaluate", "--model", str(folder), "--dataset", dataset, "--split", "validation"])
     assert {"validation_ece", "validation_nll", "validation_brier"} <= set(metrics)
+
+
+def test_mmsa_calibrate_fits_the_modality_temperatures_and_the_rule_weight(heads_folder, tmp_path):
+    from mmsa.testing_utils import fake_mvsa_posts
+
+    folder = tmp_path / "model"
+    shutil.copytree(heads_folder, folder)
+    raw = write_fake_mvsa(tmp_path / "raw", fake_mvsa_posts(40, seed=2))
+    result = cli.run(["calibrate", "--model", str(folder), "--dataset", str(raw)])
+    saved = json.loads((folder / "config.json").read_text())
+    for key in ("temperature", "text_temperature", "image_temperature", "rule_weight"):
+        assert saved[key] == result[key]
+    assert saved["rule_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert result["split"] == "validation" and result["posts"] > 0
