@@ -146,7 +146,7 @@ def behaviour_probe(seed: int = 0, dtype: str = "float32") -> dict:
     probe = {}
     with tempfile.TemporaryDirectory() as folder:
         text_dir, vision_dir = write_tiny_towers(folder, seed=seed)
-        for fusion in FUSION_STRATEGIES:
+        for fusion in (*FUSION_STRATEGIES, "ensemble"):  # every built-in strategy, the ensemble of them too
             torch.manual_seed(seed)
             # A wide initialiser, so that logits are of order 1 and any change of initialisation shows.
             model = MmsaForSequenceClassification.from_text_vision_pretrained(
