@@ -445,10 +445,9 @@ def calibrate_folder(model_dir: Path, dataset: str, split: str = "validation", b
     """Fits the temperature(s) of a saved model folder on a split (by negative log-likelihood) and, with modality
     heads, its rule weight (by macro-F1), and writes them into the folder's `config.json` (atomically; every other
     file and key stays as it was). Predictions never change with the temperature."""
-    from .calibration import calibration_metrics, fit_temperature, softmax
     from .data import load_mvsa
     from .file_utils import write_text_atomic
-    from .training import choose_rule_weight
+    from .training.calibrate import CONFIG_KEYS, fit_calibration
 
     config_path = Path(model_dir) / "config.json"
     if not config_path.is_file():
@@ -462,30 +461,14 @@ def calibrate_folder(model_dir: Path, dataset: str, split: str = "validation", b
     config.rule_weight = 0.0
     data = splits[split]
     logits = split_logits(model, processor, data, batch_size)
-    references = np.asarray(data["label"])
-    fitted = {"temperature": fit_temperature(logits["logits"], references)}
-    before = calibration_metrics(softmax(logits["logits"]), references)
-    after = calibration_metrics(softmax(logits["logits"] / fitted["temperature"]), references)
-    if "text_logits" in logits:
-        fitted["text_temperature"] = fit_temperature(logits["text_logits"], np.asarray(data["text_label"]))
-        fitted["image_temperature"] = fit_temperature(logits["image_logits"], np.asarray(data["image_label"]))
-        fitted["rule_weight"], _ = choose_rule_weight(
-            softmax(logits["logits"] / fitted["temperature"]),
-            softmax(logits["text_logits"] / fitted["text_temperature"]),
-            softmax(logits["image_logits"] / fitted["image_temperature"]),
-            references,
-            config.label2id,
-            RULE_WEIGHT_GRID,
-        )
+    info = fit_calibration(
+        logits["logits"], data["label"], config.label2id, logits.get("text_logits"), logits.get("image_logits"),
+        data, RULE_WEIGHT_GRID,
+    )  # fmt: skip
+    fitted = {key: info[key] for key in CONFIG_KEYS if key in info}
     saved = json.loads(config_path.read_text(encoding="utf-8"))
     write_text_atomic(config_path, json.dumps({**saved, **fitted}, indent=2, sort_keys=True) + "\n")
-    return {
-        **fitted,
-        "split": split,
-        "posts": len(references),
-        **{f"{key}_before": before[key] for key in ("nll", "ece")},
-        **{f"{key}_after": after[key] for key in ("nll", "ece")},
-    }
+    return {**info, "split": split}
 
 
 def positive_int(value: str) -> int:

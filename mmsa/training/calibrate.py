@@ -28,14 +28,42 @@ def choose_rule_weight(fused, text, image, references, label2id: dict, grid) -> 
     return best, scores
 
 
-def calibrate(trainer, dataset, split, rule_weight_grid=()) -> dict:
-    """Temperature scaling of the trained model on `dataset` (the prepared validation split; `split` the raw one):
-    fits `config.temperature` (and, with modality heads, `text_temperature`, `image_temperature`) by minimising the
-    negative log-likelihood, then chooses `config.rule_weight` from `rule_weight_grid` on the same posts' macro-F1.
-    The argmax of the post logits never changes with the temperature. Returns what was fitted, with the NLL and ECE
-    before and after."""
+CONFIG_KEYS = ("temperature", "text_temperature", "image_temperature", "rule_weight")
+"""What calibration fits, as `MmsaConfig` fields."""
+
+
+def fit_calibration(logits, references, label2id, text=None, image=None, split=None, rule_weight_grid=()) -> dict:
+    """Temperature scaling on one split's raw logits: the post temperature (and, given the modality heads' logits and
+    the raw `split` with its `text_label` / `image_label`, theirs), fitted by negative log-likelihood, then the rule
+    weight chosen from `rule_weight_grid` on the same posts' macro-F1. Returns the fitted `CONFIG_KEYS` with the
+    NLL and ECE before and after (the argmax never changes with a temperature)."""
     from ..calibration import calibration_metrics, fit_temperature, softmax
 
+    references = np.asarray(references)
+    info = {"temperature": fit_temperature(logits, references), "posts": len(references)}
+    before = calibration_metrics(softmax(logits), references)
+    after = calibration_metrics(softmax(logits / info["temperature"]), references)
+    info.update({f"{key}_before": before[key] for key in ("nll", "ece")})
+    info.update({f"{key}_after": after[key] for key in ("nll", "ece")})
+    if text is None or image is None:
+        return info
+    info["text_temperature"] = fit_temperature(text, np.asarray(split["text_label"]))
+    info["image_temperature"] = fit_temperature(image, np.asarray(split["image_label"]))
+    if rule_weight_grid:
+        info["rule_weight"], info["rule_weight_macro_f1"] = choose_rule_weight(
+            softmax(logits / info["temperature"]),
+            softmax(text / info["text_temperature"]),
+            softmax(image / info["image_temperature"]),
+            references,
+            label2id,
+            rule_weight_grid,
+        )
+    return info
+
+
+def calibrate(trainer, dataset, split, rule_weight_grid=()) -> dict:
+    """Temperature scaling of the trained model on `dataset` (the prepared validation split; `split` the raw one),
+    by `fit_calibration`; the fitted values are set on the model's config. Returns what was fitted."""
     config = trainer.model.config
     config.temperature = config.text_temperature = config.image_temperature = 1.0
     config.rule_weight = 0.0
@@ -43,28 +71,13 @@ def calibrate(trainer, dataset, split, rule_weight_grid=()) -> dict:
     if prediction.label_ids is None or not len(prediction.label_ids):  # e.g. dataloader_drop_last, a tiny split
         logger.warning("No validation predictions to calibrate on: the temperatures stay 1.0")
         return {"temperature": 1.0, "posts": 0}
-    logits, references = post_logits(prediction.predictions), np.asarray(prediction.label_ids)
-    config.temperature = fit_temperature(logits, references)
-    before = calibration_metrics(softmax(logits), references)
-    after = calibration_metrics(softmax(logits / config.temperature), references)
-    info = {"temperature": config.temperature, "posts": len(references)}
-    info.update({f"{key}_before": before[key] for key in ("nll", "ece")})
-    info.update({f"{key}_after": after[key] for key in ("nll", "ece")})
-    text, image = modality_logits(prediction.predictions)
-    if config.modality_heads and text is not None:
-        text_labels, image_labels = np.asarray(split["text_label"]), np.asarray(split["image_label"])
-        config.text_temperature = fit_temperature(text, text_labels)
-        config.image_temperature = fit_temperature(image, image_labels)
-        info.update(text_temperature=config.text_temperature, image_temperature=config.image_temperature)
-        if rule_weight_grid:
-            config.rule_weight, scores = choose_rule_weight(
-                softmax(logits / config.temperature),
-                softmax(text / config.text_temperature),
-                softmax(image / config.image_temperature),
-                references,
-                config.label2id,
-                rule_weight_grid,
-            )
-            info.update(rule_weight=config.rule_weight, rule_weight_macro_f1=scores)
-    logger.info("Calibrated on %d validation posts: %s", len(references), info)
+    text, image = modality_logits(prediction.predictions) if config.modality_heads else (None, None)
+    info = fit_calibration(
+        post_logits(prediction.predictions), prediction.label_ids, config.label2id, text, image, split,
+        rule_weight_grid,
+    )  # fmt: skip
+    for key in CONFIG_KEYS:
+        if key in info:
+            setattr(config, key, info[key])
+    logger.info("Calibrated on %d validation posts: %s", info["posts"], info)
     return info
