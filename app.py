@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 import mmsa  # noqa: F401  (registers the mmsa model type with the Auto classes)
-from mmsa.explain import explain
+from mmsa.explain import WORD_LEGEND, explain
 from mmsa.image_io import DEFAULT_IMAGE_TIMEOUT, MAX_IMAGE_DOWNLOAD_BYTES, MAX_IMAGE_PIXELS, fetch_url, is_url
 from mmsa.posts import InvalidPost, read_post
 
@@ -174,7 +174,7 @@ def build_demo(
             with gr.Column():
                 label = gr.Label(label="Sentiment", num_top_classes=len(config.id2label), elem_id="label")
                 words = gr.HighlightedText(
-                    label="Words, shaded by attribution (red: towards the label, blue: against)",
+                    label=f"Words, shaded by attribution ({WORD_LEGEND})",
                     elem_id="words",
                 )
                 heatmap = gr.Image(label="Image evidence (heatmap)", type="pil", elem_id="heatmap")

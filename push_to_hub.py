@@ -119,7 +119,15 @@ def check_stage_folder(model_dir: Path, folder: Path, overwrite: bool = False) -
         raise PublishError(str(error)) from None
 
 
-def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, license: str, overwrite=False) -> Path:
+def stage(
+    model_dir: Path,
+    folder: Path,
+    repo_id: str,
+    dataset_id: str | None,
+    license: str,
+    overwrite=False,
+    revision: str | None = None,
+) -> Path:
     """Writes the folder to upload: model (with auto_map, custom_pipelines, code), processor, card, images. It is
     written beside `folder` and moved into place once complete (an existing folder is replaced only then)."""
     check_stage_folder(model_dir, folder, overwrite)
@@ -130,7 +138,9 @@ def stage(model_dir: Path, folder: Path, repo_id: str, dataset_id: str | None, l
         for name in EXTRA_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, staging / name)
-        card = build_model_card(model_dir, repo_id, dataset_id=dataset_id, license=license, explanation=explanation)
+        card = build_model_card(
+            model_dir, repo_id, dataset_id=dataset_id, license=license, explanation=explanation, revision=revision
+        )
         card.save(staging / "README.md")
     return folder
 
@@ -139,14 +149,22 @@ def publish(args) -> str:
     model_dir = Path(args.model_dir)
     if args.dry_run:
         folder = stage(
-            model_dir, Path(args.dry_run), args.repo_id, args.dataset_repo_id, args.license, overwrite=args.overwrite
+            model_dir,
+            Path(args.dry_run),
+            args.repo_id,
+            args.dataset_repo_id,
+            args.license,
+            overwrite=args.overwrite,
+            revision=args.tag,
         )
         print(f"dry run: wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))}); nothing uploaded")
         return str(folder)
 
     api = HfApi()  # token: HF_TOKEN or the stored login, never printed
     with tempfile.TemporaryDirectory() as tmp:
-        folder = stage(model_dir, Path(tmp) / "upload", args.repo_id, args.dataset_repo_id, args.license)
+        folder = stage(
+            model_dir, Path(tmp) / "upload", args.repo_id, args.dataset_repo_id, args.license, revision=args.tag
+        )
         api.create_repo(args.repo_id, private=args.private, exist_ok=True)
         if args.revision:
             api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)

@@ -45,6 +45,7 @@ from mmsa.training import (
     build_compute_metrics,
     build_model_and_processor,
     calibrate,
+    calibration_holdout_rows,
     check_label_coverage,
     class_weights_from,
     default_hp_space,
@@ -144,6 +145,14 @@ class DataArguments:
         metadata={
             "help": "Add the posts whose text and image labels conflict (positive against negative) to the training "
             "split, without a post label, for the modality heads (a raw MVSA folder only; never in validation/test)."
+        },
+    )
+    calibration_holdout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the training split (stratified, drawn with --seed) held out of training, on which "
+            "the calibration (temperatures, rule weight) is fitted instead of the validation split: the validation "
+            "split chose the checkpoint, which flatters the model there (0: calibrate on the validation split)."
         },
     )
     strict: bool = field(
@@ -420,22 +429,28 @@ def apply_search_results(best: dict, model_args, training_args):
     return model_args, dataclasses.replace(training_args, **training)
 
 
-def train(trainer, training_args, checkpoint, dataset, splits) -> None:
-    """Trains (resuming `checkpoint`), calibrates on the validation split (`--calibration temperature`), saves the
-    best model and the training metrics and state."""
+def train(trainer, training_args, checkpoint, dataset, splits, calibration_rows=None) -> None:
+    """Trains (resuming `checkpoint`), calibrates (`--calibration temperature`) on the validation split or on the
+    `calibration_rows` held out of the training split (`--calibration_holdout`), saves the best model and the
+    training metrics and state."""
     logger.info(
         "Training for up to %g epochs%s",
         training_args.num_train_epochs,
         f", resuming from {checkpoint}" if checkpoint else "",
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    if training_args.calibration == "temperature" and len(dataset["validation"]):
+    if calibration_rows is not None:
+        fitted_on = (splits("train", False, rows=calibration_rows), dataset["train"].select(calibration_rows))
+        described = f"{len(calibration_rows)} posts held out of the training split"
+    else:
+        fitted_on, described = (splits("validation", False), dataset["validation"]), "the validation split"
+    if training_args.calibration == "temperature" and len(fitted_on[1]):
         grid = [float(value) for value in training_args.rule_weight_grid.split(",") if value.strip()]
-        trainer.save_metrics(
-            "calibration", calibrate(trainer, splits("validation", False), dataset["validation"], grid)
-        )
+        info = calibrate(trainer, *fitted_on, grid)
+        trainer.save_metrics("calibration", {**info, "calibrated_on": described})
     trainer.save_model()  # the best model (load_best_model_at_end), with the processor and the custom code
-    metrics = {**train_result.metrics, "train_samples": len(dataset["train"])}
+    trained_on = len(dataset["train"]) - (len(calibration_rows) if calibration_rows is not None else 0)
+    metrics = {**train_result.metrics, "train_samples": trained_on}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -521,6 +536,9 @@ def main(argv=None):
             training_args.device, training_args.main_process_first,
         )  # fmt: skip
     splits = PreparedSplits(dataset, caches, processor, model.config, data_args.max_text_length)
+    train_rows, calibration_rows = calibration_holdout_rows(
+        dataset["train"]["label"], data_args.calibration_holdout, training_args.seed
+    )
 
     if training_args.do_train and training_args.hp_search_trials > 0:
         best = search(model_args, data_args, training_args, class_weights, splits, processor, model.config.id2label)
@@ -539,13 +557,13 @@ def main(argv=None):
     trainer = MmsaTrainer(
         model=model,
         args=training_args,
-        train_dataset=splits("train", training=True) if training_args.do_train else None,
+        train_dataset=splits("train", training=True, rows=train_rows) if training_args.do_train else None,
         eval_dataset=splits("validation", training=False) if training_args.do_eval else None,
         callbacks=callbacks,
         **trainer_arguments(model_args, processor, model.config.id2label),
     )
     if training_args.do_train:
-        train(trainer, training_args, checkpoint, dataset, splits)
+        train(trainer, training_args, checkpoint, dataset, splits, calibration_rows)
     else:
         run_info.collect(training_args)
     if training_args.do_eval:

@@ -94,6 +94,11 @@ def run(
         ),
         "per_class_f1": {k[len("test_f1_") :]: v for k, v in test.items() if k.startswith("test_f1_")},
         "best_validation_macro_f1": state["best_metric"],
+        **(
+            {"final_validation_macro_f1": json.loads((output_dir / "eval_results.json").read_text())["eval_macro_f1"]}
+            if (output_dir / "eval_results.json").is_file()
+            else {}
+        ),
         "best_checkpoint": Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None,
         "epochs_run": state["epoch"],
         "seconds": round(time.perf_counter() - start, 1),

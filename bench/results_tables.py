@@ -1,10 +1,10 @@
-"""The README's result tables, rendered from the run files under `bench/results/`.
+"""The result tables of the README and the documentation, rendered from the run files under `bench/results/`.
 
-    python bench/results_tables.py            # rewrite the tables in README.md (and bench/results/*.md)
-    python bench/results_tables.py --check    # exit 1 if README.md differs from what the results give
+    python bench/results_tables.py            # rewrite the tables in README.md and docs/*.md (and bench/results/*.md)
+    python bench/results_tables.py --check    # exit 1 if a table differs from what the results give
 
-Each table sits in README.md between `<!-- table:NAME -->` and `<!-- /table:NAME -->`; nothing between the markers
-is written by hand. Every run file records the git commit it was trained at, the `mmsa` version and the behaviour
+Each table sits in README.md or a page of docs/ between `<!-- table:NAME -->` and `<!-- /table:NAME -->`; nothing
+between the markers is written by hand, and every table has a place in at least one of them. Every run file records the git commit it was trained at, the `mmsa` version and the behaviour
 probe of its modelling code (`mmsa.testing_utils.behaviour_probe`), so a test can tell a row trained by other
 modelling code from one today's code reproduces.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 ORDER = ("text_only", "image_only", "naive_cat", "naive_combine", "cmac", "hstec", "ote", "mm_transformer")
 METRICS = ("test_accuracy", "test_macro_f1", "test_weighted_f1")
 PUBLISHED = [
@@ -67,6 +68,10 @@ CANDIDATES.update(
         "modality heads + labelling rule, calibrated",
         "mm_transformer_heads_rule_tweet": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality heads + "
         "labelling rule, calibrated, tweet-normalised text",
+        "mm_transformer_calibrated_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer`, calibrated on 10% of "
+        "the training split held out (`--calibration_holdout 0.1`)",
+        "mm_transformer_heads_rule_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality heads + "
+        "labelling rule, calibrated on 10% of the training split held out",
     }
 )
 CALIBRATION = ("test_ece", "test_nll")
@@ -104,8 +109,12 @@ def all_runs() -> list[tuple[Path, dict]]:
 
 
 def final_validation_macro_f1(run: dict) -> float:
-    """The validation macro-F1 of the model a run saved: its best checkpoint's, or, where the labelling rule's weight
-    was chosen on validation after training (modality heads), the macro-F1 of that choice (the best of the grid)."""
+    """The validation macro-F1 of the model a run saved: as evaluated after training (`final_validation_macro_f1`,
+    recorded since calibration could be fitted off the validation split), or, for earlier runs, its best
+    checkpoint's or, where the labelling rule's weight was chosen on validation after training (modality heads), the
+    macro-F1 of that choice (the best of the grid: the saved model's, on the same posts)."""
+    if "final_validation_macro_f1" in run:
+        return 100 * run["final_validation_macro_f1"]
     scores = (run.get("calibration") or {}).get("rule_weight_macro_f1")
     return 100 * (max(scores.values()) if scores else run["best_validation_macro_f1"])
 
@@ -169,6 +178,41 @@ def cross_split_markdown() -> str:
         lines.append(table_row(label, len(entry["split_seeds"]), entry))
     for name, accuracy, macro, weighted in PUBLISHED:
         lines.append(f"| {name} | 1 (published) |  | {accuracy} | {macro} | {weighted} |  |  |  |  |")
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_ROWS = ("naive_cat", "naive_combine", "cmac", "hstec", "ote")
+"""The paper's fusions, with the main job's towers, in the README's summary."""
+SUMMARY_PUBLISHED = 3
+"""The paper's published row and the two strongest published rows after it."""
+
+
+def summary_markdown() -> str:
+    """The README's results summary (at most 10 rows): the recommended model and the main job's configuration (both
+    chosen on validation), the paper's fusions with the main job's towers, and published single-split figures."""
+    summary = cross_split_summary()
+    recommended = best_on_validation(summary, [*CANDIDATES, *ORDER])
+    main_fusion = best_on_validation(summary, ORDER)
+    rows = [(f"**recommended**: {CANDIDATES.get(recommended, recommended)}", recommended)]
+    main_job = f"{main_fusion}_calibrated" if f"{main_fusion}_calibrated" in summary else main_fusion
+    rows.append((f"main job: `{main_fusion}` (MiniLM-L6 + EfficientNet-Lite0), calibrated", main_job))
+    rows += [(f"`{name}` (the paper's fusion, MiniLM-L6 + EfficientNet-Lite0)", name) for name in SUMMARY_ROWS]
+    lines = [
+        "| model | splits | test accuracy | test weighted-F1 | test macro-F1 | test ECE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, name in rows:
+        if name not in summary:
+            continue
+        entry = summary[name]
+        ece = cell(entry["test_ece"]) if "test_ece" in entry else ""
+        lines.append(
+            f"| {label} | {len(entry['split_seeds'])} | {cell(entry['test_accuracy'])} | "
+            f"{cell(entry['test_weighted_f1'])} | {cell(entry['test_macro_f1'])} | {ece} |"
+        )
+    published = [PUBLISHED[2], *sorted(PUBLISHED[3:], key=lambda row: float(row[1]))[-(SUMMARY_PUBLISHED - 1) :]]
+    for name, accuracy, macro, weighted in published:
+        lines.append(f"| {name} | 1 (published) | {accuracy} | {weighted} | {macro} |  |")
     return "\n".join(lines) + "\n"
 
 
@@ -329,6 +373,7 @@ def tables(readme_text: str = "") -> dict[str, str]:
     """Every table: the paper table, the inference table, and a sweep table for each sweep folder and each sweep the
     README has markers for (a marked sweep without runs renders as such, never as stale text)."""
     rendered = {
+        "summary": summary_markdown(),
         "cross_split": cross_split_markdown(),
         "paper": paper_table_markdown(),
         "inference": inference_markdown(),
@@ -336,38 +381,59 @@ def tables(readme_text: str = "") -> dict[str, str]:
         "text_tower_speed": text_tower_speed_markdown(),
     }
     sweeps = {folder.name for folder in (RESULTS / "sweep").glob("*") if folder.is_dir()}
-    sweeps |= set(re.findall(r"<!-- table:sweep:([\w-]+) -->", readme_text))
+    sweeps |= set(re.findall(r"^<!-- table:sweep:([\w-]+) -->$", readme_text, re.M))
     for fusion in sorted(sweeps):
         rendered[f"sweep:{fusion}"] = sweep_markdown(fusion) if sweep_runs(fusion) else f"No `{fusion}` sweep runs.\n"
     return rendered
 
 
-def render(text: str, rendered: dict[str, str]) -> str:
-    """`text` with the content between each table's markers replaced by its rendering."""
-    for name, markdown in rendered.items():
-        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)", re.S)
+def documents() -> list[Path]:
+    """The files that hold result tables: the README and every page of the documentation."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def render(text: str, rendered: dict[str, str]) -> tuple[str, set[str]]:
+    """`text` with the content between each table's markers replaced by its rendering, and the names it holds."""
+    placed = set(re.findall(r"^<!-- table:([\w:-]+) -->$", text, re.M))  # a marker is a line of its own
+    unknown = placed - set(rendered)
+    if unknown:
+        raise ValueError(f"markers of unknown tables: {sorted(unknown)}")
+    for name in placed:
+        pattern = re.compile(
+            rf"(^<!-- table:{re.escape(name)} -->\n).*?(^<!-- /table:{re.escape(name)} -->$)", re.S | re.M
+        )
         if not pattern.search(text):
-            raise ValueError(f"README.md has no <!-- table:{name} --> ... <!-- /table:{name} --> markers")
-        text = pattern.sub(lambda m, body=markdown: m.group(1) + body + m.group(2), text)
-    return text
+            raise ValueError(f"<!-- table:{name} --> has no closing <!-- /table:{name} --> marker")
+        text = pattern.sub(lambda m, body=rendered[name]: m.group(1) + body + m.group(2), text)
+    return text, placed
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md is out of date")
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a table is out of date")
     args = parser.parse_args(argv)
-    current = README.read_text()
-    rendered = tables(current)
-    expected = render(current, rendered)
+    paths = documents()
+    current = {path: path.read_text() for path in paths}
+    rendered = tables("".join(current.values()))
+    expected, placed = {}, set()
+    for path, text in current.items():
+        expected[path], names = render(text, rendered)
+        placed |= names
+    missing = set(rendered) - placed
+    if missing:
+        raise ValueError(f"tables with no place in README.md or docs/: {sorted(missing)}")
+    stale = [str(path.relative_to(ROOT)) for path in paths if expected[path] != current[path]]
     if args.check:
-        if expected != current:
+        if stale:
             print(
-                "README.md's result tables differ from bench/results: run python bench/results_tables.py",
+                f"result tables differ from bench/results in {', '.join(stale)}: run python bench/results_tables.py",
                 file=sys.stderr,
             )
             return 1
         return 0
-    README.write_text(expected)
+    for path in paths:
+        if expected[path] != current[path]:
+            path.write_text(expected[path])
     (RESULTS / "paper_table.md").write_text(rendered["paper"])
     (RESULTS / "paper_table.json").write_text(json.dumps(paper_summary(), indent=2) + "\n")
     for name, markdown in rendered.items():

@@ -7,6 +7,7 @@
     mmsa explain --model M --input posts.jsonl --output DIR [--format html|png]
     mmsa export-onnx --model M --output DIR [--quantize int8] [--opset 18]
     mmsa calibrate --model DIR --dataset D [--split validation]
+    mmsa data check DIR       # what a raw MVSA folder holds: posts, labels, undecodable files, checksums
 
 `predict` and `evaluate` take `--device`, `--dtype bfloat16` (faster on CPUs with AVX512-BF16/AMX and on recent GPUs) and `--compile`
 (compiles the image tower: a compilation on the first batch, then faster batches; for batch jobs).
@@ -569,8 +570,15 @@ def add_calibrate_and_export(commands) -> None:
     )
 
 
+def add_data(commands) -> None:
+    from .data import add_check_command
+
+    data = commands.add_parser("data", help="check a raw MVSA release folder (`mmsa data check DIR`)")
+    add_check_command(data.add_subparsers(dest="data_command", required=True), prog="mmsa data")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The `mmsa` argument parser, one subcommand each: predict, evaluate, explain, calibrate, export-onnx."""
+    """The `mmsa` argument parser, one subcommand each: predict, evaluate, explain, calibrate, export-onnx, data."""
     parser = argparse.ArgumentParser(
         prog="mmsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -578,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_and_evaluate(commands)
     add_explain(commands)
     add_calibrate_and_export(commands)
+    add_data(commands)
     return parser
 
 
@@ -604,6 +613,16 @@ def run_calibrate(parser, args) -> dict:
     return result
 
 
+def run_data(parser, args) -> dict:
+    """`mmsa data check DIR`: prints what the folder holds; a folder that is not usable exits with status 1."""
+    from .data import run_check
+
+    status = run_check(parser, args)
+    if status:
+        parser.exit(status)
+    return {"usable": True}
+
+
 def run_export(parser, args) -> Path:
     from .onnx import export_onnx
 
@@ -623,6 +642,7 @@ def run(argv=None):
         "explain": run_explain,
         "calibrate": run_calibrate,
         "export-onnx": run_export,
+        "data": run_data,
     }
     try:
         return commands[args.command](parser, args)

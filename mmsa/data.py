@@ -2,6 +2,7 @@
 
     python -m mmsa.data build --raw_dir MVSA_Single --output_dir mvsa_single [--strict] [--push_to_hub USER/NAME]
     python -m mmsa.data push --dataset_dir mvsa_single --repo_id USER/NAME
+    python -m mmsa.data check MVSA_Single      # also `mmsa data check`: what a raw folder holds, checksums verified
 
 A raw release is a folder with `data/<id>.txt`, `data/<id>.jpg` and `labelResultAll.txt` (tab-separated, header
 `ID\\ttext,image`; MVSA-Multiple has three `text,image` columns, one per annotator). Labels are cleaned with the rule
@@ -551,6 +552,134 @@ def push_mvsa(
     return str(repo_url)
 
 
+CHECKSUM_FILE = "SHA256SUMS"
+
+
+def verify_checksums(raw_dir: Path) -> dict | None:
+    """Verifies `raw_dir/SHA256SUMS` (lines of `<sha256>  <path>`, as `sha256sum -c` reads them): the number of files
+    that match, and the paths that differ or are missing. `None` when the release has no such file."""
+    import hashlib
+
+    listing = raw_dir / CHECKSUM_FILE
+    if not listing.is_file():
+        return None
+    result = {"listed": 0, "ok": 0, "mismatched": [], "missing": []}
+    for number, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition(" ")
+        name = name.strip().removeprefix("*")
+        if len(digest) != 64 or not name:
+            raise MvsaFormatError(f"{listing} line {number}: expected '<sha256>  <path>', got {line[:80]!r}")
+        result["listed"] += 1
+        path = raw_dir / name
+        if not path.is_file():
+            result["missing"].append(name)
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest.lower():
+            result["mismatched"].append(name)
+        else:
+            result["ok"] += 1
+    return result
+
+
+def check_mvsa(raw_dir: str | Path, variant: str = "single", num_proc: int | None = None) -> dict:
+    """What a raw MVSA folder holds, before anything is trained on it: its files, its label rows, the posts a build
+    keeps (per class) and skips (per reason), the text files that are not UTF-8 (decoded as GB18030) or not
+    decodable at all, and, where the release ships `SHA256SUMS`, which files match it. `usable` is true when the
+    build keeps posts and no listed file differs from its checksum."""
+    raw_dir = Path(raw_dir)
+    data_dir = raw_dir / "data"
+    if not raw_dir.is_dir():
+        raise MvsaFormatError(f"{raw_dir} is not a folder")
+    texts = sorted(data_dir.glob("*.txt")) if data_dir.is_dir() else []
+    encodings = Counter()
+    for path in texts:
+        try:
+            encodings[decode_text(path.read_bytes())[1]] += 1
+        except UnicodeDecodeError:
+            encodings["undecodable"] += 1
+    checksums = verify_checksums(raw_dir)
+    _, report = build_mvsa(raw_dir, variant=variant, num_proc=num_proc, return_report=True)
+    return {
+        "raw_dir": str(raw_dir),
+        "variant": variant,
+        "text_files": len(texts),
+        "image_files": len(list(data_dir.glob("*.jpg"))),
+        "label_rows": report.label_rows,
+        "kept": report.kept,
+        "class_counts": report.class_counts,
+        "skipped": dict(sorted(report.skipped.items())),
+        "unlabelled_files": len(report.unlabelled_files),
+        "text_files_not_utf8": encodings["gb18030"] + encodings["undecodable"],
+        "text_files_undecodable": encodings["undecodable"],
+        "checksums": checksums,
+        "usable": report.kept > 0 and not (checksums and checksums["mismatched"]),
+    }
+
+
+def check_summary(result: dict) -> str:
+    """`check_mvsa`'s result as the lines `mmsa data check` prints."""
+    skipped = ", ".join(f"{n} {reason}" for reason, n in result["skipped"].items()) or "none"
+    totals = Counter()
+    for counts in result["class_counts"].values():  # per split
+        totals.update(counts)
+    classes = ", ".join(f"{totals[label]} {label}" for label in LABELS)
+    splits = ", ".join(f"{sum(counts.values())} {split}" for split, counts in result["class_counts"].items())
+    lines = [
+        f"{result['raw_dir']} (MVSA-{result['variant']})",
+        f"  files: {result['text_files']} texts, {result['image_files']} images; "
+        f"{result['unlabelled_files']} files no label row names",
+        f"  label rows: {result['label_rows']}",
+        f"  posts kept: {result['kept']} ({classes}; split seed 42: {splits})",
+        f"  posts skipped: {sum(result['skipped'].values())} ({skipped})",
+        f"  text files not UTF-8: {result['text_files_not_utf8']} "
+        f"(decoded as GB18030: {result['text_files_not_utf8'] - result['text_files_undecodable']}, "
+        f"undecodable: {result['text_files_undecodable']})",
+    ]
+    checksums = result["checksums"]
+    if checksums is None:
+        lines.append(f"  checksums: no {CHECKSUM_FILE} file")
+    else:
+        lines.append(
+            f"  checksums ({CHECKSUM_FILE}): {checksums['ok']} of {checksums['listed']} match, "
+            f"{len(checksums['mismatched'])} differ, {len(checksums['missing'])} missing"
+        )
+        lines += [f"    differs: {name}" for name in checksums["mismatched"][:20]]
+        lines += [f"    missing: {name}" for name in checksums["missing"][:20]]
+    lines.append("  usable: yes" if result["usable"] else "  usable: NO")
+    return "\n".join(lines)
+
+
+def add_check_command(commands, prog: str) -> None:
+    """The `check` subcommand, shared by `python -m mmsa.data` and `mmsa data`."""
+    check = commands.add_parser(
+        "check",
+        help="what a raw MVSA folder holds: posts, labels, undecodable files, checksums",
+        description=f"{prog} check DIR: counts a raw release's files and label rows, the posts a build keeps and "
+        "skips (with reasons), the text files that are not UTF-8, and verifies SHA256SUMS where the release has it. "
+        "Exit status 0 when the folder is usable, 1 when not.",
+    )
+    check.add_argument(
+        "raw_dir",
+        nargs="?",
+        default=os.environ.get("MVSA_SINGLE_DIR"),
+        help="raw release folder (default: $MVSA_SINGLE_DIR)",
+    )
+    check.add_argument("--variant", choices=list(ANNOTATORS), default="single")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_check(parser, args) -> int:
+    if not args.raw_dir:
+        parser.error("give the raw folder (or set MVSA_SINGLE_DIR)")
+    try:
+        result = check_mvsa(args.raw_dir, variant=args.variant)
+    except MvsaFormatError as error:
+        parser.exit(1, f"{parser.prog} check: error: {error}\n")
+    print(json.dumps(result, indent=2) if args.json else check_summary(result))
+    return 0 if result["usable"] else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m mmsa.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -573,9 +702,12 @@ def main(argv=None):
     push.add_argument("--dataset_dir", required=True)
     push.add_argument("--repo_id", required=True)
     push.add_argument("--private", action="store_true")
+    add_check_command(commands, prog="python -m mmsa.data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.command == "check":
+        return run_check(parser, args)
     if args.command == "build":
         if not args.raw_dir:
             parser.error("--raw_dir is required when MVSA_SINGLE_DIR is not set")
@@ -606,4 +738,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -53,6 +53,13 @@ OVERLAY_MAX_SIDE = 1024
 """The heatmap overlay is drawn at most this many pixels on its longer side."""
 
 
+WORD_COLOURS = {"towards": ("red", (239, 68, 60)), "against": ("purple", (128, 90, 213))}
+"""How a word's attribution is shaded, towards the explained label or against it (its strength sets the opacity):
+the colours of the demo's `gradio.HighlightedText` for scores in [-1, 1], so that the demo, the HTML and the PNG
+explanations agree."""
+WORD_LEGEND = f"{WORD_COLOURS['towards'][0]}: towards the label, {WORD_COLOURS['against'][0]}: against"
+
+
 @dataclass
 class Explanation:
     """One explained prediction. See the module docstring for what each number means."""
@@ -103,7 +110,8 @@ class Explanation:
         spans = []
         for word, score in self.words:
             strength = abs(score) / scale
-            colour = f"rgba(0, 160, 0, {strength:.2f})" if score >= 0 else f"rgba(220, 0, 0, {strength:.2f})"
+            red, green, blue = WORD_COLOURS["towards" if score >= 0 else "against"][1]
+            colour = f"rgba({red}, {green}, {blue}, {strength:.2f})"
             spans.append(
                 f'<span title="{score:+.4f}" style="background:{colour};padding:1px 2px;border-radius:3px">'
                 f"{html.escape(word)}</span>"
@@ -140,14 +148,15 @@ class Explanation:
         figure, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.3, 1, 0.9]})
         text_axis, image_axis, bar_axis = axes
         text_axis.axis("off")
-        text_axis.set_title("words (green: towards, red: against)")
+        text_axis.set_title(f"words ({WORD_LEGEND})")
         scale = max([abs(score) for _, score in self.words] + [1e-12])
         x, y = 0.0, 0.92
         for word, score in self.words:
             width = 0.022 * (len(word) + 1)
             if x + width > 1.0:
                 x, y = 0.0, y - 0.09
-            colour = (0.0, 0.63, 0.0, abs(score) / scale) if score >= 0 else (0.86, 0.0, 0.0, abs(score) / scale)
+            rgb = WORD_COLOURS["towards" if score >= 0 else "against"][1]
+            colour = (*(channel / 255 for channel in rgb), abs(score) / scale)
             text_axis.text(x, y, word, fontsize=11, bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
             x += width
         overlay = self.overlay()

@@ -112,10 +112,12 @@ def build_model_card(
     license: str = "other",
     base_models: list[str] | None = None,
     explanation: dict | None = None,
+    revision: str | None = None,
 ) -> ModelCard:
     """The card of a `train_hf.py` output folder (reads config.json, test_results.json, trainer_state.json and
     run_info.json; every figure comes from those files). `explanation`: an example post's `Explanation.to_dict()`
-    with its `text`, shown beside `explanation.png` (written by `push_to_hub.py`)."""
+    with its `text`, shown beside `explanation.png` (written by `push_to_hub.py`). `revision`: what the usage snippet
+    pins its `trust_remote_code` loads to (the release tag; without one, a placeholder for the commit to pin)."""
     from .configuration_mmsa import MmsaConfig
 
     model_dir = Path(model_dir)
@@ -162,6 +164,7 @@ def build_model_card(
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
         repo_id=repo_id,
+        revision=revision or "<commit sha>",
         config=config,
         text_config=config.text_config,
         vision_config=config.vision_config,

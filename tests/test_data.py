@@ -371,3 +371,54 @@ def test_non_numeric_ids_are_counted_skips(tmp_path, bad_id):
     assert report.kept + sum(report.skipped.values()) == report.label_rows
     with pytest.raises(MvsaFormatError, match=r"line 14 \(id .*\): malformed_row: id .* is not a number"):
         build(raw, strict=True)
+
+
+def write_checksums(root: Path) -> None:
+    import hashlib
+
+    lines = [
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(root).as_posix()}"
+        for path in sorted((root / "data").iterdir())
+    ]
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def test_data_check_reports_what_a_folder_holds(tmp_path, capsys):
+    from mmsa.cli import main as mmsa_main
+
+    posts = fake_mvsa_posts(30, seed=2)
+    posts[7] = ("positive,positive", "café ¡­".encode("gb18030"))  # not UTF-8: decoded as GB18030
+    root = write_fake_mvsa(tmp_path / "raw", posts, extra_rows=["999\tpositive,happy"])
+    write_checksums(root)
+    result = mvsa.check_mvsa(root)
+    conflicts = sum(labels == "positive,negative" for labels, _ in posts.values())
+    assert result["text_files"] == result["image_files"] == 30
+    assert result["label_rows"] == 31 and result["kept"] == 30 - conflicts
+    assert result["skipped"] == {"label_conflict": conflicts, "unknown_label": 1}
+    assert result["text_files_not_utf8"] == 1 and result["text_files_undecodable"] == 0
+    assert result["checksums"] == {"listed": 60, "ok": 60, "mismatched": [], "missing": []}
+    assert result["usable"]
+    assert mmsa_main(["data", "check", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert f"posts kept: {30 - conflicts}" in printed and "text files not UTF-8: 1" in printed
+    assert "checksums (SHA256SUMS): 60 of 60 match" in printed
+
+    # a file altered after the checksums were taken, and one removed: named, and the folder is not usable
+    (root / "data" / "3.jpg").write_bytes(b"\xff\xd8 not the original")
+    (root / "data" / "4.txt").unlink()
+    with pytest.raises(SystemExit) as stop:
+        mmsa_main(["data", "check", str(root)])
+    assert stop.value.code == 1
+    printed = capsys.readouterr().out
+    assert "differs: data/3.jpg" in printed and "missing: data/4.txt" in printed and "usable: NO" in printed
+    assert mvsa.main(["check", str(root), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["checksums"]["mismatched"] == ["data/3.jpg"]
+
+
+def test_data_check_of_a_folder_that_is_no_release(tmp_path, capsys):
+    from mmsa.cli import main as mmsa_main
+
+    with pytest.raises(SystemExit) as stop:
+        mmsa_main(["data", "check", str(tmp_path)])
+    assert stop.value.code == 1
+    assert f"{tmp_path / 'data'} does not exist" in capsys.readouterr().err

@@ -232,6 +232,35 @@ def test_html_and_png(tmp_path):
     assert set(explanation.to_dict()) >= {"label", "probabilities", "words", "modality_shares", "methods"}
 
 
+def test_word_colours_are_the_same_in_the_html_the_legend_and_the_demo():
+    """The HTML shades words towards the label and against it in the colours the legend names, and those are the
+    colours of gradio's HighlightedText (the demo's words) for positive and negative scores."""
+    import dataclasses
+    from pathlib import Path
+
+    import gradio
+
+    from mmsa.explain import WORD_COLOURS, WORD_LEGEND
+
+    model, processor = tiny_model_and_processor("naive_combine")
+    explanation = explain(model, processor, "i love this", Image.new("RGB", (64, 48), (200, 20, 20)))
+    explanation = dataclasses.replace(explanation, words=[("good", 0.5), ("bad", -0.25)])
+    page = explanation.to_html()
+    for side, sign in (("towards", "good"), ("against", "bad")):
+        name, (red, green, blue) = WORD_COLOURS[side]
+        assert f"{name}: {side}" in WORD_LEGEND
+        span = page[: page.index(f">{sign}</span>")].rsplit("<span", 1)[1]
+        assert f"rgba({red}, {green}, {blue}," in span
+    assets = Path(gradio.__file__).parent / "templates" / "frontend" / "assets"
+    palette = [p for p in assets.glob("*.js") if "show_legend" in p.read_text(errors="ignore")]
+    frontend = "".join(p.read_text(errors="ignore") for p in palette)
+    towards, against = WORD_COLOURS["towards"][1], WORD_COLOURS["against"][1]
+    assert (
+        f"e<0?`rgba({', '.join(map(str, against))}, ${{-e}})`:`rgba({', '.join(map(str, towards))}, ${{e}})`"
+        in frontend
+    )
+
+
 def test_cli_explains_one_post_and_a_batch(tiny_run, tmp_path):
     from mmsa import cli
 

@@ -11,7 +11,7 @@
 `train_hf.py` calls them in that order.
 """
 
-from .calibrate import calibrate, choose_rule_weight
+from .calibrate import calibrate, calibration_holdout_rows, choose_rule_weight
 from .callbacks import RunFingerprintCallback, RunInfoCallback, fingerprint_mismatch, git_commit, run_fingerprint
 from .data import MmsaDataCollator, make_transform
 from .reports import (
@@ -45,6 +45,7 @@ __all__ = [
     "build_compute_metrics",
     "build_model_and_processor",
     "calibrate",
+    "calibration_holdout_rows",
     "check_label_coverage",
     "choose_rule_weight",
     "class_weights_from",

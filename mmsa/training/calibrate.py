@@ -28,6 +28,22 @@ def choose_rule_weight(fused, text, image, references, label2id: dict, grid) -> 
     return best, scores
 
 
+def calibration_holdout_rows(labels, fraction: float, seed: int) -> tuple[list[int] | None, list[int] | None]:
+    """`--calibration_holdout`: the rows of the training split to train on and the stratified `fraction` of it to fit
+    the calibration on, drawn with `seed` (posts without a post label, -1, always train); `(None, None)` for 0."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"--calibration_holdout must be in [0, 1), got {fraction}.")
+    if not fraction:
+        return None, None
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    labelled = np.flatnonzero(labels >= 0)
+    _, held = train_test_split(labelled, test_size=fraction, stratify=labels[labelled], random_state=seed)
+    held = sorted(int(row) for row in held)
+    return sorted(set(range(len(labels))) - set(held)), held
+
+
 CONFIG_KEYS = ("temperature", "text_temperature", "image_temperature", "rule_weight")
 """What calibration fits, as `MmsaConfig` fields."""
 
@@ -62,7 +78,8 @@ def fit_calibration(logits, references, label2id, text=None, image=None, split=N
 
 
 def calibrate(trainer, dataset, split, rule_weight_grid=()) -> dict:
-    """Temperature scaling of the trained model on `dataset` (the prepared validation split; `split` the raw one),
+    """Temperature scaling of the trained model on `dataset` (the prepared validation split, or the posts held out of
+    the training split; `split` the raw posts),
     by `fit_calibration`; the fitted values are set on the model's config. Returns what was fitted."""
     config = trainer.model.config
     config.temperature = config.text_temperature = config.image_temperature = 1.0
@@ -79,5 +96,5 @@ def calibrate(trainer, dataset, split, rule_weight_grid=()) -> dict:
     for key in CONFIG_KEYS:
         if key in info:
             setattr(config, key, info[key])
-    logger.info("Calibrated on %d validation posts: %s", info["posts"], info)
+    logger.info("Calibrated on %d posts: %s", info["posts"], info)
     return info

@@ -270,3 +270,43 @@ def test_mmsa_calibrate_fits_the_modality_temperatures_and_the_rule_weight(heads
         assert saved[key] == result[key]
     assert saved["rule_weight"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert result["split"] == "validation" and result["posts"] > 0
+
+
+def test_calibration_holdout_rows_are_a_stratified_part_of_the_labelled_training_posts():
+    from collections import Counter
+
+    from mmsa.training import calibration_holdout_rows
+
+    labels = [0] * 40 + [1] * 20 + [2] * 30 + [-1] * 10
+    train, held = calibration_holdout_rows(labels, 0.2, seed=3)
+    assert sorted(train + held) == list(range(100)) and not set(train) & set(held)
+    assert Counter(labels[i] for i in held) == {0: 8, 1: 4, 2: 6}  # stratified; no post without a post label
+    assert calibration_holdout_rows(labels, 0.2, seed=3) == (train, held)
+    assert calibration_holdout_rows(labels, 0.2, seed=4) != (train, held)
+    assert calibration_holdout_rows(labels, 0.0, seed=3) == (None, None)
+    with pytest.raises(ValueError, match="calibration_holdout"):
+        calibration_holdout_rows(labels, 1.0, seed=3)
+
+
+def test_training_calibrates_on_posts_held_out_of_training(assets, tmp_path):
+    """`--calibration_holdout`: the temperature is fitted on a part of the training split the model never trained
+    on, not on the validation split that chose its checkpoint."""
+    from run_helpers import tiny_args
+
+    import train_hf
+
+    frozen = ("--num_train_epochs", "1", "--freeze_text_backbone", "true", "--freeze_vision_backbone", "true")
+    train_hf.main(tiny_args(assets, tmp_path / "held", *frozen, "--calibration_holdout", "0.25"))
+    train_hf.main(tiny_args(assets, tmp_path / "plain", *frozen))
+    dataset = build_mvsa(assets["raw"])
+    held = json.loads((tmp_path / "held" / "calibration_results.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "calibration_results.json").read_text())
+    assert plain["posts"] == len(dataset["validation"]) and plain["calibrated_on"] == "the validation split"
+    assert held["posts"] == round(0.25 * len(dataset["train"]))
+    assert held["calibrated_on"] == f"{held['posts']} posts held out of the training split"
+    trained = json.loads((tmp_path / "held" / "train_results.json").read_text())["train_samples"]
+    assert trained == len(dataset["train"]) - held["posts"]
+    steps = json.loads((tmp_path / "held" / "trainer_state.json").read_text())["max_steps"]
+    assert steps == -(-trained // 8) < json.loads((tmp_path / "plain" / "trainer_state.json").read_text())["max_steps"]
+    config = json.loads((tmp_path / "held" / "config.json").read_text())
+    assert config["temperature"] == held["temperature"]
