@@ -77,10 +77,14 @@ def trained():
     return get
 
 
-def probability(model, processor, text, image, label):
+def log_odds(model, processor, text, image, label):
+    """The class's log-odds, log p / (1 - p), from the logits: a drop in it shows on a model whose probability is
+    saturated near 1 (as training on the synthetic task can make it), where a drop in p itself is lost in rounding."""
     with torch.no_grad():
         inputs = processor(text=text if model.config.uses_text else None, images=image)
-        return torch.softmax(model(**inputs).logits, dim=-1)[0, label].item()
+        logits = model(**inputs).logits[0].double()
+        others = torch.cat([logits[:label], logits[label + 1 :]])
+        return (logits[label] - torch.logsumexp(others, dim=0)).item()
 
 
 FAITHFUL = ["naive_combine", "ote", "cmac"]
@@ -97,13 +101,13 @@ def test_removing_the_top_word_hurts_more_than_removing_a_random_one(fusion, tra
         text, image = synthetic_post(rng, label, image_carries=False, sentiment_words=1)
         explanation = explain(model, processor, text, image, target=label)
         words = [w for w, _ in explanation.words]
-        base = probability(model, processor, text, image, label)
+        base = log_odds(model, processor, text, image, label)
         top = {int(np.argmax([s for _, s in explanation.words]))}
-        top_drops.append(base - probability(model, processor, keep(words, top), image, label))
+        top_drops.append(base - log_odds(model, processor, keep(words, top), image, label))
         for _ in range(10):
             chosen = {int(rng.integers(len(words)))}
-            random_drops.append(base - probability(model, processor, keep(words, chosen), image, label))
-    assert np.mean(top_drops) > np.mean(random_drops) + 0.01, (top_drops, random_drops)
+            random_drops.append(base - log_odds(model, processor, keep(words, chosen), image, label))
+    assert np.mean(top_drops) > np.mean(random_drops) + 0.1, (top_drops, random_drops)
 
 
 def keep(words, removed):
@@ -112,7 +116,7 @@ def keep(words, removed):
 
 @pytest.mark.parametrize("fusion", FAITHFUL)
 def test_masking_the_top_region_hurts_more_than_masking_a_random_one(fusion, trained):
-    """Greying the fifth of the pixels with the highest heatmap values lowers the class's probability more than
+    """Greying the fifth of the pixels with the highest heatmap values lowers the class's log-odds more than
     greying a random fifth."""
     model, processor, accuracy = trained(fusion)
     assert accuracy > 0.9
@@ -123,14 +127,14 @@ def test_masking_the_top_region_hurts_more_than_masking_a_random_one(fusion, tra
         explanation = explain(model, processor, text, image, target=label)
         heat = explanation.heatmap
         assert heat.shape == (image.height, image.width) and heat.max() == pytest.approx(1.0)
-        base = probability(model, processor, text, image, label)
+        base = log_odds(model, processor, text, image, label)
         count = heat.size // 5
         top = np.argsort(-heat, axis=None)[:count]
-        top_drops.append(base - probability(model, processor, text, grey(image, top), label))
+        top_drops.append(base - log_odds(model, processor, text, grey(image, top), label))
         for _ in range(5):
             chosen = rng.choice(heat.size, size=count, replace=False)
-            random_drops.append(base - probability(model, processor, text, grey(image, chosen), label))
-    assert np.mean(top_drops) > np.mean(random_drops) + 0.01, (top_drops, random_drops)
+            random_drops.append(base - log_odds(model, processor, text, grey(image, chosen), label))
+    assert np.mean(top_drops) > np.mean(random_drops) + 0.1, (top_drops, random_drops)
 
 
 def grey(image, flat_indices):

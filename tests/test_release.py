@@ -130,6 +130,7 @@ def test_upload_goes_through_hfapi_in_one_commit(run_dir, tmp_path, monkeypatch,
         def method(self, *args, **kwargs):
             if name == "upload_folder":
                 kwargs["files"] = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+                kwargs["card"] = (Path(kwargs["folder_path"]) / "README.md").read_text()
             calls.append((name, args, kwargs))
             return f"https://huggingface.co/{args[0] if args else kwargs.get('repo_id')}"
 
@@ -167,6 +168,9 @@ def test_upload_goes_through_hfapi_in_one_commit(run_dir, tmp_path, monkeypatch,
     test = json.loads((run_dir / "test_results.json").read_text())
     assert f"test accuracy {test['test_accuracy']:.4f}" in upload["commit_message"]
     assert tag_args == ("someone/mmsa-tiny",) and tag["tag"] == "v0.1.0" and tag["revision"] == "dev"
+    # the card's snippet runs the repository's code only at the release it documents
+    assert 'revision = "v0.1.0"' in upload["card"]
+    assert upload["card"].count("trust_remote_code=True, revision=revision") == 3
     out = capsys.readouterr()
     assert "hf_not_a_real_token_123456" not in out.out + out.err
 
