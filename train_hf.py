@@ -133,6 +133,14 @@ class DataArguments:
             "towers then see the deterministic eval transform: no augmentation)."
         },
     )
+    cache_text_hidden_states: bool = field(
+        default=True,
+        metadata={
+            "help": "With --text_trainable_layers N (and the feature cache): cache per post the hidden states "
+            "entering the first trained layer, so that only the top N layers run in training (false: the whole "
+            "text tower runs at every step; the same losses, slower)."
+        },
+    )
     feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where cached features live (default: $MMSA_CACHE/features or ~/.cache/mmsa/features)."},
@@ -522,7 +530,8 @@ def main(argv=None):
         **dataclasses.asdict(model_args),
         "config_overrides": parse_config_overrides(model_args.config_overrides),
     }
-    fingerprint = run_fingerprint(recorded_model_args, dataclasses.asdict(data_args), source, dataset)
+    recorded_data_args = {**dataclasses.asdict(data_args), "calibration_holdout_seed": training_args.seed}
+    fingerprint = run_fingerprint(recorded_model_args, recorded_data_args, source, dataset)
     checkpoint = resumable_checkpoint(training_args, fingerprint)
 
     set_seed(training_args.seed)
@@ -533,7 +542,7 @@ def main(argv=None):
     if data_args.cache_frozen_features:
         caches = fill_feature_caches(
             model, processor, dataset, data_args.max_text_length, data_args.feature_cache_dir,
-            training_args.device, training_args.main_process_first,
+            training_args.device, training_args.main_process_first, data_args.cache_text_hidden_states,
         )  # fmt: skip
     splits = PreparedSplits(dataset, caches, processor, model.config, data_args.max_text_length)
     train_rows, calibration_rows = calibration_holdout_rows(

@@ -82,7 +82,9 @@ class MmsaConfig(PreTrainedConfig):
             Keep the image tower's weights fixed (no gradients, BatchNorm statistics frozen in eval mode).
         text_trainable_layers (`int`, *optional*):
             Train only the top N transformer layers of the text tower (and its pooler); its embeddings and lower
-            layers stay fixed. `None` trains every layer. Ignored when `freeze_text_backbone` is set.
+            layers stay fixed (no gradients, eval mode), so `train_hf.py` caches per post the hidden states entering
+            the first trained layer and runs only the top N. `None` trains every layer. Ignored when
+            `freeze_text_backbone` is set.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the new fusion layers.
         ensemble_fusions (`list[str]`, *optional*):

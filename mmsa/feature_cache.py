@@ -90,7 +90,8 @@ class CachedFeatures:
     own handles). Row `i` of the split is row `locations[i][1]` of shard `shards[locations[i][0]]`.
 
     `kind="image"` gives `image_features` (+ `image_tokens`); `kind="text"` gives `text_features` (+ `text_tokens`
-    trimmed to each post's length, with its `attention_mask`).
+    trimmed to each post's length, with its `attention_mask`); `kind="text_hidden"` gives `text_hidden_states` (the
+    hidden states entering a partly trained text tower's first trained layer) with their `attention_mask`.
     """
 
     def __init__(self, shards: list[Path], locations: list[tuple[int, int]], kind: str, with_tokens: bool):
@@ -105,6 +106,10 @@ class CachedFeatures:
 
     def rows(self, indices) -> dict[str, list]:
         where = [self.locations[int(i)] for i in indices]
+        if self.kind == "text_hidden":  # a partly trained tower's hidden states, trimmed to each post's length
+            lengths = [int(self._slice(s, "lengths")[r]) for s, r in where]
+            hidden = [self._slice(s, "tokens")[r][:n] for (s, r), n in zip(where, lengths)]
+            return {"text_hidden_states": hidden, "attention_mask": [[1] * n for n in lengths]}
         out = {f"{self.kind}_features": [self._slice(s, "pooled")[r] for s, r in where]}
         if self.with_tokens:
             tokens = [self._slice(s, "tokens")[r] for s, r in where]
@@ -241,6 +246,31 @@ def verify_shard_once(path: Path) -> str | None:
     return problem
 
 
+@torch.no_grad()
+def compute_text_hidden_states(
+    mmsa_model, tokenizer, split, max_length: int, batch_size: int = 64, desc: str = "text hidden states",
+    normalization: str = "none",
+):  # fmt: skip
+    """Runs the fixed part of a partly trained text tower (`text_trainable_layers`) over a split: `{"tokens",
+    "lengths"}`, the hidden states entering its first trained layer, zero-padded to the longest. Batches as in
+    `compute_text_features` (padded to `max_length`, full), so a post's states do not depend on its batch."""
+    mmsa_model.eval()
+    device = next(mmsa_model.text_model.parameters()).device
+    hidden, lengths = [], []
+    max_length = min(max_length, getattr(mmsa_model.text_model.config, "max_position_embeddings", max_length))
+    bar = progress(len(split), desc)
+    for start in range(0, len(split), batch_size):
+        texts = normalize_texts(list(split[start : start + batch_size]["text"]), normalization)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+        full = {k: full_batch(v, batch_size).to(device) for k, v in encoded.items()}
+        states = mmsa_model.text_hidden_states(full["input_ids"], full["attention_mask"], full.get("token_type_ids"))
+        hidden.extend(states[: len(texts)].float().cpu().unbind(0))
+        lengths.append(encoded["attention_mask"].sum(dim=1).cpu())
+        bar.update(len(texts))
+    bar.close()
+    return {"tokens": torch.nn.utils.rnn.pad_sequence(hidden, batch_first=True), "lengths": torch.cat(lengths)}
+
+
 def _shard_keys(path: Path) -> tuple[list[str], bool]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
@@ -345,4 +375,39 @@ def cache_text_features(
         ),
         "text",
         with_tokens,
+    )
+
+
+def cache_text_hidden_states(
+    mmsa_model,
+    tokenizer,
+    split,
+    max_length: int,
+    cache_dir=None,
+    desc: str = "text hidden states",
+    normalization: str = "none",
+) -> CachedFeatures:
+    """The hidden states entering the first trained layer of a partly trained text tower (`text_trainable_layers`),
+    per post, for `split`: its embeddings and lower layers are fixed, so only its top layers run in training. The
+    store is keyed by the tower's weights, the layer index and the tokenizer settings."""
+    vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+    key = tower_fingerprint(
+        mmsa_model.text_model,
+        {
+            "hidden_states_entering_layer": mmsa_model.first_trained_text_layer,
+            "vocabulary": vocabulary,
+            "max_length": max_length,
+            "lower_case": getattr(tokenizer, "do_lower_case", None),
+            "attention": mmsa_model.text_model.config._attn_implementation,
+            **({"normalization": normalization} if normalization != "none" else {}),
+        },
+    )
+    return _cached(
+        Path(cache_dir or default_cache_dir()) / "text_hidden" / key,
+        text_keys(split),
+        lambda rows: compute_text_hidden_states(
+            mmsa_model, tokenizer, split.select(rows), max_length, desc=desc, normalization=normalization
+        ),
+        "text_hidden",
+        True,
     )

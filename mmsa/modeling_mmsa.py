@@ -743,6 +743,8 @@ class MmsaModel(MmsaPreTrainedModel):
                 layer.requires_grad_(True)
             if top and getattr(self.text_model, "pooler", None) is not None:
                 self.text_model.pooler.requires_grad_(True)
+            for module in self.fixed_text_modules():  # fixed: no dropout, in any mode the model is put in
+                module.eval()
 
     def train(self, mode: bool = True):
         # Frozen towers stay in eval mode: no dropout, and BatchNorm keeps its pretrained statistics. They are left
@@ -756,7 +758,65 @@ class MmsaModel(MmsaPreTrainedModel):
                     child.eval()
             else:
                 child.train(mode)
+        for module in self.fixed_text_modules():  # the fixed part of a partly trained text tower: as frozen
+            module.eval()
         return self
+
+    @property
+    def first_trained_text_layer(self) -> int | None:
+        """With `text_trainable_layers` N (and the text tower not frozen): the index of the lowest trained layer,
+        L - N; the embeddings and the layers below it are fixed. `None` when the whole tower trains or none of it."""
+        top = self.config.text_trainable_layers
+        if self.text_model is None or self.config.freeze_text_backbone or top is None:
+            return None
+        return len(text_layers(self.text_model)) - top
+
+    def fixed_text_modules(self) -> list[nn.Module]:
+        """The embeddings and lower layers of a partly trained text tower (no gradients, eval mode: no dropout), so
+        their outputs are a fixed function of the text and can be cached (`text_hidden_states`)."""
+        start = self.first_trained_text_layer
+        if start is None:
+            return []
+        return [self.text_model.embeddings, *list(text_layers(self.text_model))[:start]]
+
+    def text_hidden_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The hidden states entering the first trained layer of a partly trained text tower `(B, L, H)`: what the
+        fixed part computes, cached per post by the feature cache."""
+        start = self.first_trained_text_layer
+        if start is None:
+            raise ValueError("text_hidden_states needs text_trainable_layers (and a text tower that is not frozen).")
+        with torch.no_grad():
+            outputs = self.text_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                output_hidden_states=True,
+                return_dict=True,
+            )
+        return outputs.hidden_states[start]
+
+    @contextmanager
+    def _text_tower_from(self, start: int, hidden_states: torch.Tensor):
+        """Runs the text tower's own forward (its attention masks, position biases and pooler) from the hidden states
+        entering layer `start`: the embeddings return them and the layers below `start` are left out meanwhile."""
+        layers = text_layers(self.text_model)
+        parent = next(m for m in self.text_model.modules() if any(c is layers for c in m.children()))
+        name = next(n for n, c in parent.named_children() if c is layers)
+        embeddings = self.text_model.embeddings
+        setattr(parent, name, nn.ModuleList(list(layers)[start:]))
+        embeddings.forward = lambda *args, **kwargs: hidden_states
+        try:
+            yield
+        finally:
+            setattr(parent, name, layers)
+            del embeddings.forward
+
+    def encode_text_from_hidden_states(self, hidden_states, attention_mask):
+        """`encode_text` from the cached `text_hidden_states` of a partly trained tower: only its trained layers (and
+        pooler) run. Returns `(pooled (B, H), token states (B, L, H))`."""
+        with self._text_tower_from(self.first_trained_text_layer, hidden_states):
+            outputs = self.text_model(inputs_embeds=hidden_states, attention_mask=attention_mask, return_dict=True)
+        return self.pool_text(outputs, attention_mask)
 
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None):
         """Returns the text tower's `(pooled (B, H), token states (B, L, H))`."""
@@ -764,6 +824,10 @@ class MmsaModel(MmsaPreTrainedModel):
             outputs = self.text_model(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
             )
+        return self.pool_text(outputs, attention_mask)
+
+    def pool_text(self, outputs, attention_mask):
+        """The sentence vector (`config.text_pooling`) and token states of the text tower's outputs."""
         tokens = outputs.last_hidden_state
         pooled = getattr(outputs, "pooler_output", None)
         if self.config.text_pooling == "cls":
@@ -782,11 +846,20 @@ class MmsaModel(MmsaPreTrainedModel):
         tokens = feature_map.flatten(2).transpose(1, 2) if feature_map.ndim == 4 else feature_map
         return outputs.pooler_output, tokens
 
-    def tower_text_features(self, input_ids, attention_mask, token_type_ids, text_features, text_tokens):
+    def tower_text_features(
+        self, input_ids, attention_mask, token_type_ids, text_features, text_tokens, text_hidden_states=None
+    ):
         """The text tower's outputs, `(pooled, token states, attention mask)`: computed from `input_ids` (the raw
-        route), or the precomputed `text_features` (and `text_tokens`) of a frozen tower (the cached route)."""
+        route), from the cached `text_hidden_states` of a partly trained tower (its trained layers run), or the
+        precomputed `text_features` (and `text_tokens`) of a frozen tower (the cached route)."""
         config = self.config
-        if text_features is None:
+        if text_hidden_states is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones(
+                    text_hidden_states.shape[:2], dtype=torch.long, device=text_hidden_states.device
+                )
+            text_features, text_tokens = self.encode_text_from_hidden_states(text_hidden_states, attention_mask)
+        elif text_features is None:
             if input_ids is None:
                 raise ValueError(f"fusion={config.fusion!r} needs `input_ids` (or precomputed text features).")
             if attention_mask is None:
@@ -794,12 +867,14 @@ class MmsaModel(MmsaPreTrainedModel):
             text_features, text_tokens = self.encode_text(input_ids, attention_mask, token_type_ids)
         return text_features, text_tokens, attention_mask
 
-    def text_inputs(self, input_ids, attention_mask, token_type_ids, text_features, text_tokens):
+    def text_inputs(
+        self, input_ids, attention_mask, token_type_ids, text_features, text_tokens, text_hidden_states=None
+    ):
         """The fusion's text inputs, `(pooled (B, d), token states (B, L, d), mask (B, L))`, projected to the fusion
         width; the tokens and mask are `None` for a fusion that declared `tokens=False`."""
         config = self.config
         text_features, text_tokens, attention_mask = self.tower_text_features(
-            input_ids, attention_mask, token_type_ids, text_features, text_tokens
+            input_ids, attention_mask, token_type_ids, text_features, text_tokens, text_hidden_states
         )
         text = self.text_projection(text_features)
         if not config.uses_tokens:
@@ -839,6 +914,7 @@ class MmsaModel(MmsaPreTrainedModel):
         image_tokens: torch.FloatTensor | None = None,
         text_features: torch.FloatTensor | None = None,
         text_tokens: torch.FloatTensor | None = None,
+        text_hidden_states: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         **kwargs,
     ) -> MmsaModelOutput:
@@ -852,6 +928,9 @@ class MmsaModel(MmsaPreTrainedModel):
         text_features / text_tokens (*optional*):
             Precomputed outputs of `encode_text` (pooled `(B, H)` and token states `(B, L, H)`, with
             `attention_mask` marking the real tokens), used instead of `input_ids` for a frozen text tower.
+        text_hidden_states (`torch.FloatTensor` of shape `(batch_size, length, hidden)`, *optional*):
+            With `text_trainable_layers`: the hidden states entering the first trained layer (`text_hidden_states()`),
+            with `attention_mask`, used instead of `input_ids`; only the trained layers run.
         output_attentions (`bool`, *optional*): return the fusion layers' attention weights.
         """
         config = self.config
@@ -859,7 +938,7 @@ class MmsaModel(MmsaPreTrainedModel):
         text = text_mask = image = image_token_states = None
         if config.uses_text:
             text, text_tokens, text_mask = self.text_inputs(
-                input_ids, attention_mask, token_type_ids, text_features, text_tokens
+                input_ids, attention_mask, token_type_ids, text_features, text_tokens, text_hidden_states
             )
         if config.uses_vision:
             image, image_token_states = self.image_inputs(pixel_values, image_features, image_tokens)

@@ -467,3 +467,43 @@ def test_an_ensemble_averages_its_members_heads():
         MmsaConfig(fusion="ensemble", ensemble_fusions=["ensemble"])
     with pytest.raises(ValueError, match="ensemble_fusions"):
         MmsaConfig(fusion="ensemble", ensemble_fusions=["no_such_fusion"])
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet"])
+def test_a_partly_trained_text_tower_runs_from_its_hidden_states(model_type):
+    """`text_trainable_layers`: the hidden states entering the first trained layer stand in for the text, with the
+    tower's own masks and position biases (MPNet's relative ones); the fixed part stays in eval mode in training."""
+    from mmsa.modeling_mmsa import text_layers
+
+    config = tiny_config("mm_transformer", text_trainable_layers=2)
+    config.text_config = AutoConfig.for_model(
+        model_type, vocab_size=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MmsaForSequenceClassification(config)
+    base = model.mmsa
+    assert base.first_trained_text_layer == 1 and len(base.fixed_text_modules()) == 2
+    input_ids = torch.randint(5, 40, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    pixel_values = torch.randn(3, 3, 64, 64)
+    hidden = base.text_hidden_states(input_ids, attention_mask)
+    assert hidden.shape == (3, 9, 32) and not hidden.requires_grad
+    model.train()
+    assert all(not module.training for module in base.fixed_text_modules())
+    assert all(layer.training for layer in list(text_layers(base.text_model))[1:])
+    model.eval()  # the trained layers' dropout aside, the two routes compute the same
+    losses = []
+    for inputs in ({"input_ids": input_ids}, {"text_hidden_states": hidden}):
+        model.zero_grad()
+        output = model(
+            **inputs, attention_mask=attention_mask, pixel_values=pixel_values, labels=torch.tensor([0, 1, 2])
+        )
+        output.loss.backward()
+        top = list(text_layers(base.text_model))[-1]
+        losses.append((output.logits.detach(), [p.grad.clone() for p in top.parameters()]))
+    torch.testing.assert_close(losses[0][0], losses[1][0], atol=1e-6, rtol=1e-5)
+    for grad, other in zip(losses[0][1], losses[1][1]):
+        torch.testing.assert_close(grad, other, atol=1e-6, rtol=1e-4)
+    assert len(list(text_layers(base.text_model))) == 3  # the tower is whole again

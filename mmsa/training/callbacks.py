@@ -50,13 +50,17 @@ def run_fingerprint(model_args: dict, data_args: dict, source: str, dataset) -> 
         "max_eval_samples",
         "cache_frozen_features",
     )
+    recorded = {key: data_args.get(key) for key in data_keys}
+    if data_args.get("calibration_holdout"):  # the posts training leaves out (recorded only when some are)
+        recorded["calibration_holdout"] = data_args["calibration_holdout"]
+        recorded["calibration_holdout_seed"] = data_args.get("calibration_holdout_seed")
     return {
         "dataset": str(source),
         "posts": {
             name: hashlib.sha256(json.dumps(list(split["id"])).encode()).hexdigest()[:16]
             for name, split in dataset.items()
         },
-        "data_args": {key: data_args.get(key) for key in data_keys},
+        "data_args": recorded,
         "model_args": model_args,
     }
 

@@ -58,12 +58,13 @@ class MmsaDataCollator:
             batch.update(
                 self.processor.tokenizer.pad([{k: f[k] for k in text_keys} for f in features], return_tensors="pt")
             )
-        elif "text_tokens" in features[0]:
-            tokens = [torch.as_tensor(f["text_tokens"]) for f in features]
-            batch["text_tokens"] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
-            batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(
-                [torch.as_tensor(f["attention_mask"], dtype=torch.long) for f in features], batch_first=True
-            )
+        for key in ("text_tokens", "text_hidden_states"):  # cached token states, padded as the tokenizer pads
+            if key in features[0]:
+                tokens = [torch.as_tensor(f[key]) for f in features]
+                batch[key] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)
+                batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(
+                    [torch.as_tensor(f["attention_mask"], dtype=torch.long) for f in features], batch_first=True
+                )
         for key in ("text_features", "pixel_values", "image_features", "image_tokens"):
             if key in features[0]:
                 batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
@@ -75,25 +76,29 @@ class MmsaDataCollator:
 
 
 def fill_feature_caches(
-    model, processor, dataset, max_length: int, cache_dir=None, device=None, main_process_first=None
-):
+    model, processor, dataset, max_length: int, cache_dir=None, device=None, main_process_first=None,
+    hidden_states: bool = True,
+):  # fmt: skip
     """Frozen towers' features of every split, computed once per post and read from disk afterwards
-    (`mmsa.feature_cache`): `{split: {"text_cache": ..., "image_cache": ...}}` with only the frozen towers'. Each
+    (`mmsa.feature_cache`): `{split: {"text_cache": ..., "image_cache": ...}}` with only the frozen towers' (and,
+    for a text tower trained by its top layers only, the hidden states its fixed part computes). Each
     split that has a cache gets a `feature_row` column that the transform reads them by.
 
     Filled with every core (a frozen tower's forward pass gives the same features at any thread count); the
     caller's thread count is restored afterwards. `main_process_first(desc)`: the `TrainingArguments` context that
-    lets the main process fill the cache before the others read it."""
+    lets the main process fill the cache before the others read it. `hidden_states`: cache a partly trained text
+    tower's hidden states (`cache_text_hidden_states`)."""
     from contextlib import nullcontext
 
-    from ..feature_cache import cache_image_features, cache_text_features
+    from ..feature_cache import cache_image_features, cache_text_features, cache_text_hidden_states
     from .setup import cores_per_process
 
     config = model.config
     caches = {name: {} for name in dataset}
     cache_text = config.uses_text and config.freeze_text_backbone
+    cache_hidden = hidden_states and config.uses_text and model.mmsa.first_trained_text_layer is not None
     cache_images = config.uses_vision and config.freeze_vision_backbone
-    if not (cache_text or cache_images):
+    if not (cache_text or cache_hidden or cache_images):
         return caches
     threads = torch.get_num_threads()
     torch.set_num_threads(cores_per_process())
@@ -111,6 +116,16 @@ def fill_feature_caches(
                         with_tokens=config.uses_tokens,
                         cache_dir=cache_dir,
                         desc=f"text features ({name})",
+                        normalization=getattr(processor, "text_normalization", "none"),
+                    )
+                if cache_hidden:  # a partly trained text tower: the states its fixed part computes
+                    caches[name]["text_cache"] = cache_text_hidden_states(
+                        model.mmsa,
+                        processor.tokenizer,
+                        dataset[name],
+                        max_length,
+                        cache_dir=cache_dir,
+                        desc=f"text hidden states ({name})",
                         normalization=getattr(processor, "text_normalization", "none"),
                     )
                 if cache_images:

@@ -208,3 +208,28 @@ def test_an_intact_shard_is_hashed_once_per_process_until_it_changes(assets, tmp
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1_000_000))
     cache_image_features(model.mmsa, processor.image_processor, split, False, cache_dir=tmp_path)
     assert hashed == [shard, shard]
+
+
+def losses_by_epoch(output_dir) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_a_partly_trained_text_tower_trains_the_same_from_its_cached_hidden_states(assets, tmp_path):
+    """`--text_trainable_layers N` with the cache: the hidden states entering the first trained layer are cached per
+    post and only the top layers run; the losses and the trained model are those of running the whole tower."""
+    common = (
+        "--fusion", "mm_transformer", "--num_train_epochs", "2", "--freeze_text_backbone", "false",
+        "--text_trainable_layers", "1", "--freeze_vision_backbone", "true", "--max_text_length", "32",
+    )  # fmt: skip
+    cached = train_hf.main(tiny_args(assets, tmp_path / "cached", *common))
+    store = tmp_path / "feature_cache" / "text_hidden"
+    assert len(list(store.rglob("*.safetensors"))) == 3  # one shard per split
+    plain = train_hf.main(tiny_args(assets, tmp_path / "plain", *common, "--cache_text_hidden_states", "false"))
+    assert len(list(store.rglob("*.safetensors"))) == 3  # the run without it computed none
+    np.testing.assert_allclose(losses_by_epoch(tmp_path / "cached"), losses_by_epoch(tmp_path / "plain"), rtol=1e-5)
+    assert cached["test_accuracy"] == plain["test_accuracy"]
+    trained, reference = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("cached", "plain"))
+    assert trained.keys() == reference.keys()
+    for key, tensor in trained.items():
+        torch.testing.assert_close(tensor, reference[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -246,6 +246,9 @@ def test_a_checkpoint_of_another_run_is_not_resumed(assets, tmp_path):
         train_hf.main(other)
     with pytest.raises(ValueError, match=r"model_args.head_learning_rate: 0.002 -> 0.01"):
         train_hf.main(tiny_args(assets, output_dir, *common, "--head_learning_rate", "1e-2"))
+    # a run that holds training posts out for calibration trains on other posts: not the same run either
+    with pytest.raises(ValueError, match=r"data_args.calibration_holdout: None -> 0.1"):
+        train_hf.main(tiny_args(assets, output_dir, *common, "--calibration_holdout", "0.1"))
     assert (output_dir / "model.safetensors").read_bytes() == first
 
     train_hf.main(other + ["--overwrite_output_dir", "true"])
