@@ -43,10 +43,10 @@ CANDIDATES = {
     "mpnet_lite2_naive_combine_balanced": "MPNet + EfficientNet-Lite2, `naive_combine`, balanced class weights",
     "minilm_top2_naive_combine": "MiniLM-L6 with its top 2 layers trained (5 epochs; the fixed layers still with "
     "dropout, as before they ran in eval mode) + EfficientNet-Lite0, `naive_combine`",
-    "mm_transformer_heads_rule_text_top2": "MiniLM-L6 with its top 2 layers trained (5e-5, from cached hidden "
-    "states) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
-    "mm_transformer_heads_rule_text_all": "MiniLM-L6 with all 6 layers trained (2e-5, the embeddings fixed and "
-    "cached) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
+    "mm_transformer_heads_rule_text_top2": "MiniLM-L6 with its top 2 layers trained (5e-5, 5 epochs, from cached "
+    "hidden states) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
+    "mm_transformer_heads_rule_text_all": "MiniLM-L6 with all 6 layers trained (2e-5, 3 epochs, the embeddings "
+    "fixed and cached) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
 }
 for _towers, _config, _fusion in (
     ("MiniLM-L6 + EfficientNet-Lite0", "mm_transformer", "`mm_transformer`"),
