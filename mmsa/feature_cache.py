@@ -168,6 +168,27 @@ def compute_image_features(
     return result
 
 
+def text_batches(mmsa_model, tokenizer, split, max_length, batch_size, desc, normalization):
+    """The text tower's inputs for a split, batch by batch, with a progress bar: `(posts in the batch, the batch
+    padded to `max_length` and filled up to `batch_size`, the posts' token counts)`. Fixed-shape batches keep a post's
+    features independent of the other posts of its batch. Texts are normalised first (`normalization`)."""
+    mmsa_model.eval()
+    device = next(mmsa_model.text_model.parameters()).device
+    # Never past the tower's position embeddings (a tiny tower may have fewer than max_length).
+    max_length = min(max_length, getattr(mmsa_model.text_model.config, "max_position_embeddings", max_length))
+    bar = progress(len(split), desc)
+    for start in range(0, len(split), batch_size):
+        texts = normalize_texts(list(split[start : start + batch_size]["text"]), normalization)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+        yield (
+            len(texts),
+            {k: full_batch(v, batch_size).to(device) for k, v in encoded.items()},
+            encoded["attention_mask"].sum(dim=1),
+        )
+        bar.update(len(texts))
+    bar.close()
+
+
 @torch.no_grad()
 def compute_text_features(
     mmsa_model,
@@ -181,27 +202,17 @@ def compute_text_features(
 ):
     """Runs the text tower over a split: `{"pooled", "tokens"?, "lengths"?}`, tokens zero-padded to the longest.
     Texts are normalised first (`normalization`, as the processor does)."""
-    mmsa_model.eval()
-    device = next(mmsa_model.text_model.parameters()).device
     pooled, tokens, lengths = [], [], []
-    # Never past the tower's position embeddings (a tiny tower may have fewer than max_length).
-    max_length = min(max_length, getattr(mmsa_model.text_model.config, "max_position_embeddings", max_length))
-    bar = progress(len(split), desc)
-    for start in range(0, len(split), batch_size):
-        texts = normalize_texts(list(split[start : start + batch_size]["text"]), normalization)
-        # Padded to max_length, in full batches: a post's features do not depend on the other posts of its batch.
-        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
-        full = {k: full_batch(v, batch_size).to(device) for k, v in encoded.items()}
+    for count, full, real_lengths in text_batches(
+        mmsa_model, tokenizer, split, max_length, batch_size, desc, normalization
+    ):
         batch_pooled, batch_tokens = mmsa_model.encode_text(
             full["input_ids"], full["attention_mask"], full.get("token_type_ids")
         )
-        batch_pooled, batch_tokens = batch_pooled[: len(texts)], batch_tokens[: len(texts)]
-        pooled.append(batch_pooled.float().cpu())
+        pooled.append(batch_pooled[:count].float().cpu())
         if with_tokens:
-            tokens.extend(batch_tokens.float().cpu().unbind(0))
-            lengths.append(encoded["attention_mask"].sum(dim=1).cpu())
-        bar.update(len(texts))
-    bar.close()
+            tokens.extend(batch_tokens[:count].float().cpu().unbind(0))
+            lengths.append(real_lengths)
     result = {"pooled": torch.cat(pooled)}
     if with_tokens:
         result["tokens"] = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True)  # to the longest in the split
@@ -254,20 +265,13 @@ def compute_text_hidden_states(
     """Runs the fixed part of a partly trained text tower (`text_trainable_layers`) over a split: `{"tokens",
     "lengths"}`, the hidden states entering its first trained layer, zero-padded to the longest. Batches as in
     `compute_text_features` (padded to `max_length`, full), so a post's states do not depend on its batch."""
-    mmsa_model.eval()
-    device = next(mmsa_model.text_model.parameters()).device
     hidden, lengths = [], []
-    max_length = min(max_length, getattr(mmsa_model.text_model.config, "max_position_embeddings", max_length))
-    bar = progress(len(split), desc)
-    for start in range(0, len(split), batch_size):
-        texts = normalize_texts(list(split[start : start + batch_size]["text"]), normalization)
-        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
-        full = {k: full_batch(v, batch_size).to(device) for k, v in encoded.items()}
+    for count, full, real_lengths in text_batches(
+        mmsa_model, tokenizer, split, max_length, batch_size, desc, normalization
+    ):
         states = mmsa_model.text_hidden_states(full["input_ids"], full["attention_mask"], full.get("token_type_ids"))
-        hidden.extend(states[: len(texts)].float().cpu().unbind(0))
-        lengths.append(encoded["attention_mask"].sum(dim=1).cpu())
-        bar.update(len(texts))
-    bar.close()
+        hidden.extend(states[:count].float().cpu().unbind(0))
+        lengths.append(real_lengths)
     return {"tokens": torch.nn.utils.rnn.pad_sequence(hidden, batch_first=True), "lengths": torch.cat(lengths)}
 
 
@@ -343,6 +347,23 @@ def cache_image_features(
     )
 
 
+def text_store_key(mmsa_model, tokenizer, max_length: int, normalization: str, **settings) -> str:
+    """The key of a text store: the tower's weights, what the store holds (`settings`) and the tokenizer settings
+    (vocabulary, maximum length, casing, attention implementation, text normalisation)."""
+    vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+    return tower_fingerprint(
+        mmsa_model.text_model,
+        {
+            **settings,
+            "vocabulary": vocabulary,
+            "max_length": max_length,
+            "lower_case": getattr(tokenizer, "do_lower_case", None),
+            "attention": mmsa_model.text_model.config._attn_implementation,
+            **({"normalization": normalization} if normalization != "none" else {}),
+        },
+    )
+
+
 def cache_text_features(
     mmsa_model,
     tokenizer,
@@ -355,18 +376,7 @@ def cache_text_features(
 ) -> CachedFeatures:
     """The frozen text tower's features of `split`, each post computed on its first use in any split (its text
     normalised by `normalization` first, which is part of the store's key)."""
-    vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-    key = tower_fingerprint(
-        mmsa_model.text_model,
-        {
-            "pooling": mmsa_model.config.text_pooling,
-            "vocabulary": vocabulary,
-            "max_length": max_length,
-            "lower_case": getattr(tokenizer, "do_lower_case", None),
-            "attention": mmsa_model.text_model.config._attn_implementation,
-            **({"normalization": normalization} if normalization != "none" else {}),
-        },
-    )
+    key = text_store_key(mmsa_model, tokenizer, max_length, normalization, pooling=mmsa_model.config.text_pooling)
     return _cached(
         Path(cache_dir or default_cache_dir()) / "text" / key,
         text_keys(split),
@@ -390,17 +400,12 @@ def cache_text_hidden_states(
     """The hidden states entering the first trained layer of a partly trained text tower (`text_trainable_layers`),
     per post, for `split`: its embeddings and lower layers are fixed, so only its top layers run in training. The
     store is keyed by the tower's weights, the layer index and the tokenizer settings."""
-    vocabulary = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-    key = tower_fingerprint(
-        mmsa_model.text_model,
-        {
-            "hidden_states_entering_layer": mmsa_model.first_trained_text_layer,
-            "vocabulary": vocabulary,
-            "max_length": max_length,
-            "lower_case": getattr(tokenizer, "do_lower_case", None),
-            "attention": mmsa_model.text_model.config._attn_implementation,
-            **({"normalization": normalization} if normalization != "none" else {}),
-        },
+    key = text_store_key(
+        mmsa_model,
+        tokenizer,
+        max_length,
+        normalization,
+        hidden_states_entering_layer=mmsa_model.first_trained_text_layer,
     )
     return _cached(
         Path(cache_dir or default_cache_dir()) / "text_hidden" / key,
