@@ -150,6 +150,7 @@ def cross_split_summary() -> dict:
                 "--hp_search_trials" in r["flags"] and "--hp_search_holdout 0" in r["flags"] for r in runs
             ),
             "command": runs[0]["command"].replace(f"--split_seed {runs[0]['split_seed']}", "--split_seed K"),
+            "git_commit": runs[0].get("git_commit"),
         }
         summary[folder.name] = entry
     return summary
@@ -435,7 +436,11 @@ def main(argv=None) -> int:
     missing = set(rendered) - placed
     if missing:
         raise ValueError(f"tables with no place in README.md or docs/: {sorted(missing)}")
-    stale = [str(path.relative_to(ROOT)) for path in paths if expected[path] != current[path]]
+    stale = [
+        str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+        for path in paths
+        if expected[path] != current[path]
+    ]
     if args.check:
         if stale:
             print(

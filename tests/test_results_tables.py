@@ -23,17 +23,21 @@ def today():
     return code_probe()
 
 
-def test_readme_tables_are_rendered_from_the_results(tmp_path, monkeypatch):
+@pytest.mark.parametrize("table", ["summary", "cross_split"])
+def test_readme_and_docs_tables_are_rendered_from_the_results(table, tmp_path, monkeypatch, capsys):
     assert results_tables.main(["--check"]) == 0
-    # ... and the check can fail: one number changed by hand.
-    readme = tmp_path / "README.md"
-    text = results_tables.README.read_text()
-    start = text.index("<!-- table:cross_split -->")
-    row = text.index("| `", start)
+    # ... and the check can fail: one number changed by hand, in the README's summary or on the results page.
+    documents = results_tables.documents()
+    source = next(path for path in documents if f"<!-- table:{table} -->" in path.read_text())
+    text = source.read_text()
+    start = text.index(f"<!-- table:{table} -->")
+    row = text.index("| ", text.index("|---", start))
     digit = next(i for i in range(row, len(text)) if text[i].isdigit() and text[i - 1] == " ")
-    readme.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :])
-    monkeypatch.setattr(results_tables, "README", readme)
+    changed = tmp_path / source.name
+    changed.write_text(text[:digit] + str((int(text[digit]) + 1) % 10) + text[digit + 1 :])
+    monkeypatch.setattr(results_tables, "documents", lambda: [changed if p == source else p for p in documents])
     assert results_tables.main(["--check"]) == 1
+    assert source.name in capsys.readouterr().err
 
 
 def test_every_run_comes_from_todays_modelling_code(today):
@@ -85,14 +89,29 @@ def test_parameter_order_sees_registration_order():
     assert len(parameter_order(first)) == 1 and 0 < parameter_order(first)[0] < 2**48
 
 
-def run_settings(command: str) -> dict:
-    """The settings a five-split row's command trains with: its config file, then its flags (a bare flag is true)."""
+def config_at(path: str, commit: str | None) -> str:
+    """A config file as it was at `commit` (a run's `git_commit`, `+dirty` or not), else as it is today."""
+    import subprocess
+
+    if commit:
+        shown = subprocess.run(
+            ["git", "show", f"{commit.removesuffix('+dirty')}:{path}"],
+            cwd=results_tables.ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        if shown.returncode == 0:
+            return shown.stdout
+    return (results_tables.ROOT / path).read_text()
+
+
+def run_settings(command: str, commit: str | None = None) -> dict:
+    """The settings a five-split row's command trained with: its config file as it was at the run's commit, then its
+    flags (a bare flag is true)."""
     import shlex
 
     import yaml
 
     words = shlex.split(command)[3:]
-    settings = yaml.safe_load((results_tables.ROOT / words[0]).read_text())
+    settings = yaml.safe_load(config_at(words[0], commit))
     index = 1
     while index < len(words):
         name = words[index][2:]
@@ -116,7 +135,7 @@ def test_the_configs_are_the_models_selected_on_validation_across_splits():
     best = results_tables.best_on_validation(summary, [*results_tables.CANDIDATES, *results_tables.ORDER])
     assert summary[best]["split_seeds"] == [1, 2, 3, 4, 5]
     recommended = yaml.safe_load((results_tables.ROOT / "configs" / "best_offline.yaml").read_text())
-    trained = run_settings(summary[best]["command"])
+    trained = run_settings(summary[best]["command"], summary[best]["git_commit"])
     ignored = {"output_dir", "seed", "split_seed"}
     assert {k: v for k, v in recommended.items() if k not in ignored} == {
         k: v for k, v in trained.items() if k not in ignored

@@ -76,8 +76,9 @@ def test_top_text_layers_train_on_cached_image_features(assets, tmp_path, caplog
     assert torch.equal(
         trained.mmsa.text_model.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight
     )
-    # Only the image tower's features were cached: the text tower runs in every step.
-    assert {p.parent.parent.name for p in (tmp_path / "feature_cache").rglob("*.safetensors")} == {"image"}
+    # The image tower's features were cached, and the hidden states entering the trained layer: only it runs.
+    stores = {p.parent.parent.name for p in (tmp_path / "feature_cache").rglob("*.safetensors")}
+    assert stores == {"image", "text_hidden"}
     # The top layer (and pooler) at the text rate; nothing below it is in the optimizer.
     groups = [line for line in caplog.text.splitlines() if "optimizer group text" in line]
     assert groups and all("lr 0.001" in line for line in groups), groups
