@@ -207,7 +207,8 @@ def summary_markdown() -> str:
         (name for name in (f"{main_fusion}_calibrated_holdout", f"{main_fusion}_calibrated") if name in summary),
         main_fusion,
     )
-    rows.append((f"main job: `{main_fusion}` (MiniLM-L6 + EfficientNet-Lite0), calibrated", main_job))
+    held_out = " on 10% of the training split held out" if main_job.endswith("_holdout") else ""
+    rows.append((f"main job: `{main_fusion}` (MiniLM-L6 + EfficientNet-Lite0), calibrated{held_out}", main_job))
     rows += [(f"`{name}` (the paper's fusion, MiniLM-L6 + EfficientNet-Lite0)", name) for name in SUMMARY_ROWS]
     lines = [
         "| model | splits | test accuracy | test weighted-F1 | test macro-F1 | test ECE |",
