@@ -45,6 +45,8 @@ CANDIDATES = {
     "dropout, as before they ran in eval mode) + EfficientNet-Lite0, `naive_combine`",
     "mm_transformer_heads_rule_text_top2": "MiniLM-L6 with its top 2 layers trained (5e-5, 5 epochs, from cached "
     "hidden states) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
+    "mm_transformer_heads_rule_text_top2_lr2e-5": "MiniLM-L6 with its top 2 layers trained (2e-5, 5 epochs, from "
+    "cached hidden states) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
     "mm_transformer_heads_rule_text_all": "MiniLM-L6 with all 6 layers trained (2e-5, 3 epochs, the embeddings "
     "fixed and cached) + EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated",
 }
