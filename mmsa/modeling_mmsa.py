@@ -785,36 +785,34 @@ class MmsaModel(MmsaPreTrainedModel):
         start = self.first_trained_text_layer
         if start is None:
             raise ValueError("text_hidden_states needs text_trainable_layers (and a text tower that is not frozen).")
-        with torch.no_grad():
+        with torch.no_grad(), self._text_layers(slice(0, start)):  # the fixed layers only
             outputs = self.text_model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-                output_hidden_states=True,
-                return_dict=True,
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
             )
-        return outputs.hidden_states[start]
+        return outputs.last_hidden_state
 
     @contextmanager
-    def _text_tower_from(self, start: int, hidden_states: torch.Tensor):
-        """Runs the text tower's own forward (its attention masks, position biases and pooler) from the hidden states
-        entering layer `start`: the embeddings return them and the layers below `start` are left out meanwhile."""
+    def _text_layers(self, kept: slice, hidden_states: torch.Tensor | None = None):
+        """Runs the text tower's own forward (its attention masks, position biases and pooler) with only the layers
+        `kept` of its stack; given `hidden_states`, the embeddings return them instead of embedding the text."""
         layers = text_layers(self.text_model)
         parent = next(m for m in self.text_model.modules() if any(c is layers for c in m.children()))
         name = next(n for n, c in parent.named_children() if c is layers)
         embeddings = self.text_model.embeddings
-        setattr(parent, name, nn.ModuleList(list(layers)[start:]))
-        embeddings.forward = lambda *args, **kwargs: hidden_states
+        setattr(parent, name, nn.ModuleList(list(layers)[kept]))
+        if hidden_states is not None:
+            embeddings.forward = lambda *args, **kwargs: hidden_states
         try:
             yield
         finally:
             setattr(parent, name, layers)
-            del embeddings.forward
+            if hidden_states is not None:
+                del embeddings.forward
 
     def encode_text_from_hidden_states(self, hidden_states, attention_mask):
         """`encode_text` from the cached `text_hidden_states` of a partly trained tower: only its trained layers (and
         pooler) run. Returns `(pooled (B, H), token states (B, L, H))`."""
-        with self._text_tower_from(self.first_trained_text_layer, hidden_states):
+        with self._text_layers(slice(self.first_trained_text_layer, None), hidden_states):
             outputs = self.text_model(inputs_embeds=hidden_states, attention_mask=attention_mask, return_dict=True)
         return self.pool_text(outputs, attention_mask)
 
