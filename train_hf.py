@@ -141,6 +141,14 @@ class DataArguments:
             "text tower runs at every step; the same losses, slower)."
         },
     )
+    cache_vision_hidden_states: bool = field(
+        default=True,
+        metadata={
+            "help": "With --vision_trainable_blocks N (and the feature cache): cache per post the feature map "
+            "entering the first trained stage (eval transform: no augmentation), so that only the last N stages run "
+            "in training (false: the whole image tower runs at every step, on augmented images)."
+        },
+    )
     feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where cached features live (default: $MMSA_CACHE/features or ~/.cache/mmsa/features)."},
@@ -257,7 +265,15 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, MmsaTrainingArguments))
     own = {f.name for f in dataclasses.fields(ModelArguments)}  # e.g. class_weights: "balanced" is resolved here
     argv = fold_config_flags(config_file_to_argv(list(sys.argv[1:] if argv is None else argv)), CONFIG_FIELDS - own)
-    return parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.label_smoothing_factor:
+        # The `Trainer`'s label smoother would replace the model's loss, dropping the modality heads' terms: the
+        # model smooths its own cross-entropies instead (`MmsaConfig.label_smoothing`).
+        overrides = parse_config_overrides(model_args.config_overrides)
+        overrides.setdefault("label_smoothing", training_args.label_smoothing_factor)
+        model_args.config_overrides = format_config_overrides(overrides)
+        training_args.label_smoothing_factor = 0.0
+    return model_args, data_args, training_args
 
 
 def check_arguments(training_args, model_args) -> None:
@@ -543,6 +559,7 @@ def main(argv=None):
         caches = fill_feature_caches(
             model, processor, dataset, data_args.max_text_length, data_args.feature_cache_dir,
             training_args.device, training_args.main_process_first, data_args.cache_text_hidden_states,
+            data_args.cache_vision_hidden_states,
         )  # fmt: skip
     splits = PreparedSplits(dataset, caches, processor, model.config, data_args.max_text_length)
     train_rows, calibration_rows = calibration_holdout_rows(

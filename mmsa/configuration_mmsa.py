@@ -85,6 +85,15 @@ class MmsaConfig(PreTrainedConfig):
             layers stay fixed (no gradients, eval mode), so `train_hf.py` caches per post the hidden states entering
             the first trained layer and runs only the top N. `None` trains every layer. Ignored when
             `freeze_text_backbone` is set.
+        vision_trainable_blocks (`int`, *optional*):
+            Train only the last N stages of the image tower (timm's `feature_info` stages, e.g. `layer4` of a
+            ResNet for N=1) and what follows them (a head convolution, the pooling); the stem and earlier stages stay
+            fixed (no gradients, eval mode), so `train_hf.py` caches per post the feature map entering the first
+            trained stage (computed with the eval transform: no augmentation) and runs only the last N. `None`
+            trains the whole tower. Ignored when `freeze_vision_backbone` is set.
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the post and modality cross-entropies (`train_hf.py --label_smoothing_factor` sets
+            it).
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the new fusion layers.
         ensemble_fusions (`list[str]`, *optional*):
@@ -143,6 +152,8 @@ class MmsaConfig(PreTrainedConfig):
     freeze_text_backbone: bool = False
     freeze_vision_backbone: bool = False
     text_trainable_layers: int | None = None
+    vision_trainable_blocks: int | None = None
+    label_smoothing: float = 0.0
     initializer_range: float = 0.02
     ensemble_fusions: list[str] | None = None
     temperature: float = 1.0
@@ -181,6 +192,8 @@ class MmsaConfig(PreTrainedConfig):
         for name in ("temperature", "text_temperature", "image_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
         if not 0.0 <= self.rule_weight <= 1.0:
             raise ValueError(f"`rule_weight` must be in [0, 1], got {self.rule_weight}.")
         if self.modality_heads and not (self.uses_text and self.uses_vision):

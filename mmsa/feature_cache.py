@@ -91,7 +91,9 @@ class CachedFeatures:
 
     `kind="image"` gives `image_features` (+ `image_tokens`); `kind="text"` gives `text_features` (+ `text_tokens`
     trimmed to each post's length, with its `attention_mask`); `kind="text_hidden"` gives `text_hidden_states` (the
-    hidden states entering a partly trained text tower's first trained layer) with their `attention_mask`.
+    hidden states entering a partly trained text tower's first trained layer) with their `attention_mask`;
+    `kind="vision_hidden"` gives `vision_hidden_states` (the feature map entering a partly trained image tower's
+    first trained stage).
     """
 
     def __init__(self, shards: list[Path], locations: list[tuple[int, int]], kind: str, with_tokens: bool):
@@ -110,6 +112,8 @@ class CachedFeatures:
             lengths = [int(self._slice(s, "lengths")[r]) for s, r in where]
             hidden = [self._slice(s, "tokens")[r][:n] for (s, r), n in zip(where, lengths)]
             return {"text_hidden_states": hidden, "attention_mask": [[1] * n for n in lengths]}
+        if self.kind == "vision_hidden":
+            return {"vision_hidden_states": [self._slice(s, "feature_map")[r] for s, r in where]}
         out = {f"{self.kind}_features": [self._slice(s, "pooled")[r] for s, r in where]}
         if self.with_tokens:
             tokens = [self._slice(s, "tokens")[r] for s, r in where]
@@ -143,29 +147,48 @@ def full_batch(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])]) if missing > 0 else tensor
 
 
+def image_batches(mmsa_model, image_processor, split, batch_size, desc):
+    """The image tower's inputs for a split, batch by batch, with a progress bar: `(posts in the batch, their eval
+    transforms filled up to `batch_size`)`, so a post's features do not depend on the other posts of its batch."""
+    mmsa_model.eval()
+    device = next(mmsa_model.vision_model.parameters()).device
+    bar = progress(len(split), desc)
+    for start in range(0, len(split), batch_size):
+        images = split[start : start + batch_size]["image"]
+        pixels = torch.stack([image_processor.eval_transform(load_rgb_image(image)) for image in images])
+        yield len(images), full_batch(pixels, batch_size).to(device)
+        bar.update(len(images))
+    bar.close()
+
+
 @torch.no_grad()
 def compute_image_features(
     mmsa_model, image_processor, split, with_tokens: bool, batch_size: int = 64, desc: str = "image features"
 ):
     """Runs the image tower over a split with the eval transform: `{"pooled", "tokens"?}`."""
-    mmsa_model.eval()
-    device = next(mmsa_model.vision_model.parameters()).device
     pooled, tokens = [], []
-    bar = progress(len(split), desc)
-    for start in range(0, len(split), batch_size):
-        images = split[start : start + batch_size]["image"]
-        pixels = torch.stack([image_processor.eval_transform(load_rgb_image(image)) for image in images])
-        batch_pooled, batch_tokens = mmsa_model.encode_image(full_batch(pixels, batch_size).to(device))
-        batch_pooled, batch_tokens = batch_pooled[: len(images)], batch_tokens[: len(images)]
-        pooled.append(batch_pooled.float().cpu())
+    for count, pixels in image_batches(mmsa_model, image_processor, split, batch_size, desc):
+        batch_pooled, batch_tokens = mmsa_model.encode_image(pixels)
+        pooled.append(batch_pooled[:count].float().cpu())
         if with_tokens:
-            tokens.append(batch_tokens.float().cpu())
-        bar.update(len(images))
-    bar.close()
+            tokens.append(batch_tokens[:count].float().cpu())
     result = {"pooled": torch.cat(pooled)}
     if with_tokens:
         result["tokens"] = torch.cat(tokens)
     return result
+
+
+@torch.no_grad()
+def compute_vision_hidden_states(
+    mmsa_model, image_processor, split, batch_size: int = 64, desc: str = "image feature maps"
+):
+    """Runs the fixed part of a partly trained image tower (`vision_trainable_blocks`) over a split with the eval
+    transform: `{"feature_map"}`, the maps entering its first trained stage."""
+    maps = [
+        mmsa_model.vision_hidden_states(pixels)[:count].float().cpu()
+        for count, pixels in image_batches(mmsa_model, image_processor, split, batch_size, desc)
+    ]
+    return {"feature_map": torch.cat(maps)}
 
 
 def text_batches(mmsa_model, tokenizer, split, max_length, batch_size, desc, normalization):
@@ -324,20 +347,27 @@ def _cached(store: Path, keys: list[str], compute, kind: str, with_tokens: bool)
     return CachedFeatures(shards, [where[key] for key in keys], kind, with_tokens)
 
 
-def cache_image_features(
-    mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None, desc: str = "image features"
-) -> CachedFeatures:
-    """The frozen image tower's features of `split`, each post computed on its first use in any split."""
+def image_store_key(mmsa_model, image_processor, **settings) -> str:
+    """The key of an image store: the tower's weights, what the store holds (`settings`) and the preprocessing
+    (timm's data config, the image loader's version, the decoders' versions)."""
     tower = mmsa_model.vision_model
-    key = tower_fingerprint(
+    return tower_fingerprint(
         tower,
         {
+            **settings,
             "architecture": tower.config.architecture,
             "data": image_processor.data_config,
             "loader": IMAGE_LOADER_VERSION,
             "decoder": image_decoder_versions(),
         },
     )
+
+
+def cache_image_features(
+    mmsa_model, image_processor, split, with_tokens: bool, cache_dir=None, desc: str = "image features"
+) -> CachedFeatures:
+    """The frozen image tower's features of `split`, each post computed on its first use in any split."""
+    key = image_store_key(mmsa_model, image_processor)
     return _cached(
         Path(cache_dir or default_cache_dir()) / "image" / key,
         image_keys(split),
@@ -415,4 +445,22 @@ def cache_text_hidden_states(
         ),
         "text_hidden",
         True,
+    )
+
+
+def cache_vision_hidden_states(
+    mmsa_model, image_processor, split, cache_dir=None, desc: str = "image feature maps"
+) -> CachedFeatures:
+    """The feature maps entering the first trained stage of a partly trained image tower (`vision_trainable_blocks`),
+    per post, for `split` (eval transform): its stem and earlier stages are fixed, so only its last stages run in
+    training. The store is keyed by the tower's weights, the stage index and the preprocessing."""
+    key = image_store_key(
+        mmsa_model, image_processor, feature_map_entering_stage=mmsa_model.first_trained_vision_stage
+    )
+    return _cached(
+        Path(cache_dir or default_cache_dir()) / "vision_hidden" / key,
+        image_keys(split),
+        lambda rows: compute_vision_hidden_states(mmsa_model, image_processor, split.select(rows), desc=desc),
+        "vision_hidden",
+        False,
     )

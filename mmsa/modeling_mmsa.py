@@ -682,6 +682,40 @@ def text_layers(text_model) -> torch.nn.ModuleList:
     raise ValueError(f"Cannot find the {count} transformer layers of {type(text_model).__name__}.")
 
 
+def vision_stages(timm_model) -> list[str]:
+    """The stages of a timm model, as the names of the modules that end them (timm's `feature_info`: `layer1` ..
+    `layer4` of a ResNet after its stem, `blocks.0` .. `blocks.6` groups of an EfficientNet)."""
+    return [info["module"] for info in getattr(timm_model, "feature_info", None) or []]
+
+
+def vision_fixed_modules(timm_model, trainable: int) -> list[tuple[nn.Module, str]]:
+    """The modules of a timm model that run before its last `trainable` stages, as `(parent, name)` in forward order:
+    at each level of the path to the last fixed stage, the children registered before the one on the path, and that
+    stage itself. (Registration order is forward order in timm's convolutional networks; `MmsaModel` checks the cut
+    reproduces the whole tower before it caches anything.)"""
+    stages = vision_stages(timm_model)
+    if not 0 <= trainable < len(stages):
+        raise ValueError(
+            f"vision_trainable_blocks={trainable}, but the image tower {type(timm_model).__name__} has {len(stages)} "
+            "stages (timm's feature_info): train fewer than all of them, or leave it unset to train the whole tower."
+        )
+    parts = stages[len(stages) - 1 - trainable].split(".")
+    fixed, parent = [], timm_model
+    for depth, part in enumerate(parts):
+        for name, _ in parent.named_children():
+            if name == part:
+                break
+            fixed.append((parent, name))
+        if depth == len(parts) - 1:
+            fixed.append((parent, part))
+        parent = getattr(parent, part)
+    return fixed
+
+
+class _FixedPartDone(Exception):
+    """Raised by a hook on the last fixed module of a partly trained image tower: its output is all that is needed."""
+
+
 class MmsaModel(MmsaPreTrainedModel):
     """Text tower + image tower + fusion layers; returns the fused multimodal embedding (no classification head)."""
 
@@ -726,6 +760,8 @@ class MmsaModel(MmsaPreTrainedModel):
     # --- towers -----------------------------------------------------------------------------------------------
 
     def _apply_freezing(self):
+        """Freezes what the config freezes, and resolves once the fixed parts of partly trained towers (plain tuples,
+        not submodules): `Trainer` calls `train()` at every step, which must not search the towers' modules."""
         for tower, frozen in (
             (self.text_model, self.config.freeze_text_backbone),
             (self.vision_model, self.config.freeze_vision_backbone),
@@ -733,18 +769,37 @@ class MmsaModel(MmsaPreTrainedModel):
             if tower is not None and frozen:
                 tower.requires_grad_(False)
                 tower.eval()
+        self._text_stack = self._first_trained_text_layer = None
+        self._vision_cut, self._vision_cut_checked = (), False
+        fixed = []
         top = self.config.text_trainable_layers
         if self.text_model is not None and not self.config.freeze_text_backbone and top is not None:
             layers = text_layers(self.text_model)
             if not 0 <= top <= len(layers):
                 raise ValueError(f"text_trainable_layers={top}, but the text tower has {len(layers)} layers.")
+            parent = next(m for m in self.text_model.modules() if any(c is layers for c in m.children()))
+            name = next(n for n, c in parent.named_children() if c is layers)
+            self._text_stack, self._first_trained_text_layer = (parent, name, layers), len(layers) - top
             self.text_model.requires_grad_(False)
             for layer in layers[len(layers) - top :]:
                 layer.requires_grad_(True)
             if top and getattr(self.text_model, "pooler", None) is not None:
                 self.text_model.pooler.requires_grad_(True)
-            for module in self.fixed_text_modules():  # fixed: no dropout, in any mode the model is put in
-                module.eval()
+            fixed += [self.text_model.embeddings, *list(layers)[: len(layers) - top]]
+        blocks = self.config.vision_trainable_blocks
+        if self.vision_model is not None and not self.config.freeze_vision_backbone and blocks is not None:
+            self._vision_cut = tuple(vision_fixed_modules(self.vision_model.timm_model, blocks))
+            for parent, name in self._vision_cut:
+                getattr(parent, name).requires_grad_(False)
+            if not any(parameter.requires_grad for parameter in self.vision_model.parameters()):
+                raise ValueError(
+                    f"vision_trainable_blocks={blocks} leaves nothing of the image tower to train "
+                    f"({type(self.vision_model.timm_model).__name__} has no weights after its last stage)."
+                )
+            fixed += [getattr(parent, name) for parent, name in self._vision_cut]
+        self._fixed_modules = tuple(fixed)
+        for module in self._fixed_modules:  # fixed: no dropout, BatchNorm statistics kept, in any mode
+            module.eval()
 
     def train(self, mode: bool = True):
         # Frozen towers stay in eval mode: no dropout, and BatchNorm keeps its pretrained statistics. They are left
@@ -758,7 +813,7 @@ class MmsaModel(MmsaPreTrainedModel):
                     child.eval()
             else:
                 child.train(mode)
-        for module in self.fixed_text_modules():  # the fixed part of a partly trained text tower: as frozen
+        for module in self._fixed_modules:  # the fixed parts of partly trained towers: as frozen
             module.eval()
         return self
 
@@ -766,18 +821,14 @@ class MmsaModel(MmsaPreTrainedModel):
     def first_trained_text_layer(self) -> int | None:
         """With `text_trainable_layers` N (and the text tower not frozen): the index of the lowest trained layer,
         L - N; the embeddings and the layers below it are fixed. `None` when the whole tower trains or none of it."""
-        top = self.config.text_trainable_layers
-        if self.text_model is None or self.config.freeze_text_backbone or top is None:
-            return None
-        return len(text_layers(self.text_model)) - top
+        return self._first_trained_text_layer
 
     def fixed_text_modules(self) -> list[nn.Module]:
         """The embeddings and lower layers of a partly trained text tower (no gradients, eval mode: no dropout), so
         their outputs are a fixed function of the text and can be cached (`text_hidden_states`)."""
-        start = self.first_trained_text_layer
-        if start is None:
+        if self._text_stack is None:
             return []
-        return [self.text_model.embeddings, *list(text_layers(self.text_model))[:start]]
+        return [self.text_model.embeddings, *list(self._text_stack[2])[: self._first_trained_text_layer]]
 
     def text_hidden_states(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """The hidden states entering the first trained layer of a partly trained text tower `(B, L, H)`: what the
@@ -795,9 +846,7 @@ class MmsaModel(MmsaPreTrainedModel):
     def _text_layers(self, kept: slice, hidden_states: torch.Tensor | None = None):
         """Runs the text tower's own forward (its attention masks, position biases and pooler) with only the layers
         `kept` of its stack; given `hidden_states`, the embeddings return them instead of embedding the text."""
-        layers = text_layers(self.text_model)
-        parent = next(m for m in self.text_model.modules() if any(c is layers for c in m.children()))
-        name = next(n for n, c in parent.named_children() if c is layers)
+        parent, name, layers = self._text_stack
         embeddings = self.text_model.embeddings
         setattr(parent, name, nn.ModuleList(list(layers)[kept]))
         if hidden_states is not None:
@@ -844,6 +893,92 @@ class MmsaModel(MmsaPreTrainedModel):
         tokens = feature_map.flatten(2).transpose(1, 2) if feature_map.ndim == 4 else feature_map
         return outputs.pooler_output, tokens
 
+    @property
+    def first_trained_vision_stage(self) -> int | None:
+        """With `vision_trainable_blocks` N (and the image tower not frozen): the index of the first trained stage of
+        the tower's S stages, S - N; the stem and the stages before it are fixed. `None` otherwise."""
+        if not self._vision_cut:
+            return None
+        return len(vision_stages(self.vision_model.timm_model)) - self.config.vision_trainable_blocks
+
+    def fixed_vision_modules(self) -> list[nn.Module]:
+        """The stem and earlier stages of a partly trained image tower (no gradients, eval mode), in forward order."""
+        return [getattr(parent, name) for parent, name in self._vision_cut]
+
+    @contextmanager
+    def _vision_from_hidden_states(self):
+        """Runs the image tower's own forward (its last stages, head convolution and pooling) with its fixed modules
+        replaced by identities, so that it takes the feature map they would have computed."""
+        originals = self.fixed_vision_modules()
+        for parent, name in self._vision_cut:
+            setattr(parent, name, nn.Identity())
+        try:
+            yield
+        finally:
+            for (parent, name), module in zip(self._vision_cut, originals):
+                setattr(parent, name, module)
+
+    def _fixed_vision_output(self, pixel_values):
+        parent, name = self._vision_cut[-1]
+        captured = {}
+
+        def stop(module, args, output):
+            captured["map"] = output
+            raise _FixedPartDone
+
+        handle = getattr(parent, name).register_forward_hook(stop)
+        try:
+            self.vision_model.timm_model.forward_features(pixel_values.to(self.vision_model.dtype))
+        except _FixedPartDone:
+            pass
+        finally:
+            handle.remove()
+        return captured["map"]
+
+    def vision_hidden_states(self, pixel_values) -> torch.Tensor:
+        """The feature map entering the first trained stage of a partly trained image tower `(B, C, h, w)`: what its
+        fixed part computes, cached per post by the feature cache. The first call checks on a random image that the
+        trained stages run from it reproduce the whole tower (or says the architecture cannot be cut so)."""
+        if not self._vision_cut:
+            raise ValueError(
+                "vision_hidden_states needs vision_trainable_blocks (and an image tower that is not frozen)."
+            )
+        with torch.no_grad():
+            if not self._vision_cut_checked:
+                self._check_vision_cut(pixel_values[:1])
+            return self._fixed_vision_output(pixel_values)
+
+    def _check_vision_cut(self, example):
+        timm_model = self.vision_model.timm_model
+        modes = {module: module.training for module in timm_model.modules()}
+        timm_model.eval()
+        problem = None
+        try:
+            whole = timm_model.forward_features(example.to(self.vision_model.dtype))
+            hidden = self._fixed_vision_output(example)
+            with self._vision_from_hidden_states():
+                cut = timm_model.forward_features(hidden)
+            if whole.shape != cut.shape or not torch.allclose(whole, cut, rtol=1e-4, atol=1e-5):
+                problem = "its last stages run from the cut do not reproduce the whole tower"
+        except RuntimeError as error:  # e.g. a position embedding added between modules, outside any of them
+            problem = f"running its last stages from the cut fails ({error})"
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        if problem is not None:
+            raise ValueError(
+                f"vision_trainable_blocks={self.config.vision_trainable_blocks}: {type(timm_model).__name__} cannot be "
+                f"cut before its last stages: {problem}. Its forward does more than run its modules in order; train "
+                "the whole image tower instead."
+            )
+        self._vision_cut_checked = True
+
+    def encode_image_from_hidden_states(self, hidden_states):
+        """`encode_image` from the cached `vision_hidden_states` of a partly trained tower: only its trained stages
+        (and what follows them) run. Returns `(pooled (B, C), tokens (B, h*w, C))`."""
+        with self._vision_from_hidden_states():
+            return self.encode_image(hidden_states)
+
     def tower_text_features(
         self, input_ids, attention_mask, token_type_ids, text_features, text_tokens, text_hidden_states=None
     ):
@@ -851,17 +986,15 @@ class MmsaModel(MmsaPreTrainedModel):
         route), from the cached `text_hidden_states` of a partly trained tower (its trained layers run), or the
         precomputed `text_features` (and `text_tokens`) of a frozen tower (the cached route)."""
         config = self.config
+        if text_hidden_states is None and text_features is None and input_ids is None:
+            raise ValueError(f"fusion={config.fusion!r} needs `input_ids` (or precomputed text features).")
+        if attention_mask is None and (text_hidden_states is not None or text_features is None):
+            # Every position is a real token: one row of ones per post, as long as its inputs.
+            reference = text_hidden_states if text_hidden_states is not None else input_ids
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         if text_hidden_states is not None:
-            if attention_mask is None:
-                attention_mask = torch.ones(
-                    text_hidden_states.shape[:2], dtype=torch.long, device=text_hidden_states.device
-                )
             text_features, text_tokens = self.encode_text_from_hidden_states(text_hidden_states, attention_mask)
         elif text_features is None:
-            if input_ids is None:
-                raise ValueError(f"fusion={config.fusion!r} needs `input_ids` (or precomputed text features).")
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
             text_features, text_tokens = self.encode_text(input_ids, attention_mask, token_type_ids)
         return text_features, text_tokens, attention_mask
 
@@ -883,12 +1016,15 @@ class MmsaModel(MmsaPreTrainedModel):
             attention_mask = torch.ones(text_tokens.shape[:2], dtype=torch.long, device=text_tokens.device)
         return text, self.text_projection(text_tokens), attention_mask.bool()
 
-    def image_inputs(self, pixel_values, image_features, image_tokens):
+    def image_inputs(self, pixel_values, image_features, image_tokens, vision_hidden_states=None):
         """The fusion's image inputs, `(pooled (B, d), feature-map tokens (B, N, d))`, projected to the fusion width
-        from `pixel_values` (the raw route) or a frozen tower's precomputed features (the cached route); the tokens
-        are `None` for a fusion that declared `tokens=False`."""
+        from `pixel_values` (the raw route), from the cached `vision_hidden_states` of a partly trained tower (its
+        trained stages run) or a frozen tower's precomputed features (the cached route); the tokens are `None` for a
+        fusion that declared `tokens=False`."""
         config = self.config
-        if image_features is None:
+        if vision_hidden_states is not None:
+            image_features, image_tokens = self.encode_image_from_hidden_states(vision_hidden_states)
+        elif image_features is None:
             if pixel_values is None:
                 raise ValueError(f"fusion={config.fusion!r} needs `pixel_values` (or precomputed image features).")
             image_features, image_tokens = self.encode_image(pixel_values)
@@ -913,6 +1049,7 @@ class MmsaModel(MmsaPreTrainedModel):
         text_features: torch.FloatTensor | None = None,
         text_tokens: torch.FloatTensor | None = None,
         text_hidden_states: torch.FloatTensor | None = None,
+        vision_hidden_states: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         **kwargs,
     ) -> MmsaModelOutput:
@@ -929,6 +1066,9 @@ class MmsaModel(MmsaPreTrainedModel):
         text_hidden_states (`torch.FloatTensor` of shape `(batch_size, length, hidden)`, *optional*):
             With `text_trainable_layers`: the hidden states entering the first trained layer (`text_hidden_states()`),
             with `attention_mask`, used instead of `input_ids`; only the trained layers run.
+        vision_hidden_states (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
+            With `vision_trainable_blocks`: the feature map entering the first trained stage
+            (`vision_hidden_states()`), used instead of `pixel_values`; only the trained stages run.
         output_attentions (`bool`, *optional*): return the fusion layers' attention weights.
         """
         config = self.config
@@ -939,7 +1079,9 @@ class MmsaModel(MmsaPreTrainedModel):
                 input_ids, attention_mask, token_type_ids, text_features, text_tokens, text_hidden_states
             )
         if config.uses_vision:
-            image, image_token_states = self.image_inputs(pixel_values, image_features, image_tokens)
+            image, image_token_states = self.image_inputs(
+                pixel_values, image_features, image_tokens, vision_hidden_states
+            )
         branches, attentions = self.fusion(
             MmsaFusionInputs(
                 text=text,
@@ -999,12 +1141,13 @@ def rule_distribution(text_probabilities, image_probabilities, label2id: dict) -
     return implied / implied.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def cross_entropy(logits, labels, weight=None) -> torch.Tensor:
-    """The mean cross-entropy over the labelled posts (label -100 is ignored); 0 for a batch with none."""
+def cross_entropy(logits, labels, weight=None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The mean cross-entropy over the labelled posts (label -100 is ignored), with `label_smoothing`; 0 for a batch
+    with none."""
     labels = labels.to(logits.device)
     if bool((labels == -100).all()):
         return logits.sum() * 0.0
-    return nn.functional.cross_entropy(logits, labels, weight=weight)
+    return nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
 
 
 class MmsaForSequenceClassification(MmsaPreTrainedModel):
@@ -1053,14 +1196,16 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
             weight = None
             if config.class_weights is not None:
                 weight = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
-            loss = cross_entropy(logits, labels, weight)
+            loss = cross_entropy(logits, labels, weight, config.label_smoothing)
 
         text_logits = image_logits = None
         if config.modality_heads:
             text_logits, image_logits = self.text_head(outputs.text_embeds), self.image_head(outputs.image_embeds)
             for modality_logits, modality_labels in ((text_logits, text_labels), (image_logits, image_labels)):
                 if modality_labels is not None:
-                    term = config.modality_loss_weight * cross_entropy(modality_logits, modality_labels)
+                    term = config.modality_loss_weight * cross_entropy(
+                        modality_logits, modality_labels, label_smoothing=config.label_smoothing
+                    )
                     loss = term if loss is None else loss + term
             text_logits, image_logits = text_logits / config.text_temperature, image_logits / config.image_temperature
 

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from mmsa import FUSION_STRATEGIES, FusionNeeds, MmsaConfig, MmsaForSequenceClassification, MmsaModel
-from mmsa.testing_utils import tiny_config, tiny_model_and_processor
+from mmsa.testing_utils import TINY_VOCAB, tiny_config, tiny_model_and_processor
 
 
 def padded_batch(processor, size):
@@ -507,3 +507,86 @@ def test_a_partly_trained_text_tower_runs_from_its_hidden_states(model_type):
     for grad, other in zip(losses[0][1], losses[1][1]):
         torch.testing.assert_close(grad, other, atol=1e-6, rtol=1e-4)
     assert len(list(text_layers(base.text_model))) == 3  # the tower is whole again
+
+
+@pytest.mark.parametrize("architecture", ["resnet10t", "efficientnet_lite0"])
+def test_a_partly_trained_image_tower_runs_from_its_feature_maps(architecture):
+    """`vision_trainable_blocks`: the feature map entering the first trained stage (timm's `feature_info` stages)
+    stands in for the image; the fixed part has no gradients and stays in eval mode in training, and the logits and
+    the trained stages' gradients are those of running the whole tower (BatchNorm of the trained stages in training
+    mode included)."""
+    config = tiny_config("mm_transformer", freeze_vision_backbone=False, vision_trainable_blocks=1)
+    config.vision_config.architecture = architecture
+    torch.manual_seed(0)
+    model = MmsaForSequenceClassification(config)
+    base = model.mmsa
+    stages = base.vision_model.timm_model.feature_info
+    assert base.first_trained_vision_stage == len(stages) - 1
+    fixed = base.fixed_vision_modules()
+    assert fixed and all(not p.requires_grad for module in fixed for p in module.parameters())
+    trained = [p for p in base.vision_model.parameters() if p.requires_grad]
+    assert trained and len(trained) < len(list(base.vision_model.parameters()))
+    input_ids = torch.randint(5, len(TINY_VOCAB), (4, 7))
+    pixel_values = torch.randn(4, 3, 64, 64)
+    maps = base.vision_hidden_states(pixel_values)
+    assert maps.ndim == 4 and maps.shape[1] == stages[-2]["num_chs"] and not maps.requires_grad
+    model.train()
+    assert all(not module.training for module in fixed)
+    results = []
+    for inputs in ({"pixel_values": pixel_values}, {"vision_hidden_states": maps}):
+        torch.manual_seed(1)  # the same dropout masks in both routes
+        model.zero_grad()
+        output = model(input_ids=input_ids, **inputs, labels=torch.tensor([0, 1, 2, 1]))
+        output.loss.backward()
+        results.append((output.logits.detach(), [p.grad.clone() for p in trained]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
+    for grad, other in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(grad, other, atol=1e-5, rtol=1e-4)
+    assert base.fixed_vision_modules() == fixed  # the tower is whole again
+    assert [type(module) for module in base.vision_model.timm_model.children()] != [torch.nn.Identity]
+
+
+def test_vision_trainable_blocks_are_checked():
+    """Too many stages, none left to train, or an architecture whose forward cannot be cut: a clear error."""
+    with pytest.raises(ValueError, match="has 5 stages"):
+        MmsaForSequenceClassification(
+            tiny_config("naive_cat", freeze_vision_backbone=False, vision_trainable_blocks=5)
+        )
+    with pytest.raises(ValueError, match="leaves nothing of the image tower to train"):
+        MmsaForSequenceClassification(
+            tiny_config("naive_cat", freeze_vision_backbone=False, vision_trainable_blocks=0)
+        )
+    config = tiny_config("naive_cat", freeze_vision_backbone=False, vision_trainable_blocks=1)
+    config.vision_config.architecture = "vit_tiny_patch16_224"
+    config.vision_config.pretrained_cfg = {"input_size": (3, 32, 32), "crop_pct": 1.0}
+    config.vision_config.model_args = {"img_size": 32, "depth": 2, "embed_dim": 24, "num_heads": 2}
+    model = MmsaForSequenceClassification(config)
+    with pytest.raises(ValueError, match="cannot be cut before its last stages"):
+        model.mmsa.vision_hidden_states(torch.randn(1, 3, 32, 32))
+    frozen = MmsaForSequenceClassification(
+        tiny_config("naive_cat", freeze_vision_backbone=True, vision_trainable_blocks=1)
+    )
+    assert frozen.mmsa.first_trained_vision_stage is None  # a frozen tower has no trained stages
+
+
+def test_label_smoothing_smooths_the_post_and_modality_losses():
+    torch.manual_seed(0)
+    model = MmsaForSequenceClassification(tiny_config("naive_cat", modality_heads=True, initializer_range=1.0)).eval()
+    inputs = {
+        "input_ids": torch.randint(5, len(TINY_VOCAB), (3, 6)),
+        "pixel_values": torch.randn(3, 3, 64, 64),
+        "labels": torch.tensor([0, 1, 2]),
+        "text_labels": torch.tensor([0, 1, 1]),
+        "image_labels": torch.tensor([2, 1, 0]),
+    }
+    with torch.no_grad():
+        output = model(**inputs)
+        model.config.label_smoothing = 0.1
+        smoothed = model(**inputs).loss
+    f = torch.nn.functional.cross_entropy
+    expected = f(output.logits, inputs["labels"], label_smoothing=0.1) + model.config.modality_loss_weight * (
+        f(output.text_logits, inputs["text_labels"], label_smoothing=0.1)
+        + f(output.image_logits, inputs["image_labels"], label_smoothing=0.1)
+    )
+    torch.testing.assert_close(smoothed, expected)
+    assert not torch.isclose(smoothed, output.loss)

@@ -65,7 +65,7 @@ class MmsaDataCollator:
                 batch["attention_mask"] = torch.nn.utils.rnn.pad_sequence(
                     [torch.as_tensor(f["attention_mask"], dtype=torch.long) for f in features], batch_first=True
                 )
-        for key in ("text_features", "pixel_values", "image_features", "image_tokens"):
+        for key in ("text_features", "pixel_values", "image_features", "image_tokens", "vision_hidden_states"):
             if key in features[0]:
                 batch[key] = torch.stack([torch.as_tensor(f[key]) for f in features])
         for key in ("labels", "text_labels", "image_labels"):
@@ -77,20 +77,27 @@ class MmsaDataCollator:
 
 def fill_feature_caches(
     model, processor, dataset, max_length: int, cache_dir=None, device=None, main_process_first=None,
-    hidden_states: bool = True,
+    hidden_states: bool = True, vision_hidden_states: bool = True,
 ):  # fmt: skip
     """Frozen towers' features of every split, computed once per post and read from disk afterwards
     (`mmsa.feature_cache`): `{split: {"text_cache": ..., "image_cache": ...}}` with only the frozen towers' (and,
     for a text tower trained by its top layers only, the hidden states its fixed part computes). Each
-    split that has a cache gets a `feature_row` column that the transform reads them by.
+    split that has a cache gets a `feature_row` column that the transform reads them by; for an image tower trained
+    by its last stages only, the feature maps its fixed part computes).
 
     Filled with every core (a frozen tower's forward pass gives the same features at any thread count); the
     caller's thread count is restored afterwards. `main_process_first(desc)`: the `TrainingArguments` context that
-    lets the main process fill the cache before the others read it. `hidden_states`: cache a partly trained text
-    tower's hidden states (`cache_text_hidden_states`)."""
+    lets the main process fill the cache before the others read it. `hidden_states` / `vision_hidden_states`: cache
+    a partly trained text tower's hidden states (`cache_text_hidden_states`) / image tower's feature maps
+    (`cache_vision_hidden_states`)."""
     from contextlib import nullcontext
 
-    from ..feature_cache import cache_image_features, cache_text_features, cache_text_hidden_states
+    from ..feature_cache import (
+        cache_image_features,
+        cache_text_features,
+        cache_text_hidden_states,
+        cache_vision_hidden_states,
+    )
     from .setup import cores_per_process
 
     config = model.config
@@ -98,7 +105,8 @@ def fill_feature_caches(
     cache_text = config.uses_text and config.freeze_text_backbone
     cache_hidden = hidden_states and config.uses_text and model.mmsa.first_trained_text_layer is not None
     cache_images = config.uses_vision and config.freeze_vision_backbone
-    if not (cache_text or cache_hidden or cache_images):
+    cache_maps = vision_hidden_states and config.uses_vision and model.mmsa.first_trained_vision_stage is not None
+    if not (cache_text or cache_hidden or cache_images or cache_maps):
         return caches
     threads = torch.get_num_threads()
     torch.set_num_threads(cores_per_process())
@@ -136,6 +144,14 @@ def fill_feature_caches(
                         with_tokens=config.uses_tokens,
                         cache_dir=cache_dir,
                         desc=f"image features ({name})",
+                    )
+                if cache_maps:  # a partly trained image tower: the feature maps its fixed part computes
+                    caches[name]["image_cache"] = cache_vision_hidden_states(
+                        model.mmsa,
+                        processor.image_processor,
+                        dataset[name],
+                        cache_dir=cache_dir,
+                        desc=f"image feature maps ({name})",
                     )
             dataset[name] = dataset[name].add_column("feature_row", list(range(len(dataset[name]))))
     finally:

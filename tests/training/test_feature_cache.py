@@ -3,6 +3,7 @@ invalidated, verified."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,34 @@ def test_a_partly_trained_text_tower_trains_the_same_from_its_cached_hidden_stat
     assert trained.keys() == reference.keys()
     for key, tensor in trained.items():
         torch.testing.assert_close(tensor, reference[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_a_partly_trained_image_tower_trains_the_same_from_its_cached_feature_maps(assets, tmp_path, monkeypatch):
+    """`--vision_trainable_blocks N` with the cache: the feature maps entering the first trained stage are cached per
+    post (eval transform) and only the last stages run; the losses and the trained model are those of running the
+    whole tower on the same (eval-transformed) images, and the fixed stages keep their weights."""
+    from mmsa.processing_mmsa import MmsaImageProcessor
+
+    common = (
+        "--fusion", "mm_transformer", "--num_train_epochs", "2", "--freeze_vision_backbone", "false",
+        "--vision_trainable_blocks", "1", "--freeze_text_backbone", "true", "--max_text_length", "32",
+    )  # fmt: skip
+    cached = train_hf.main(tiny_args(assets, tmp_path / "cached", *common))
+    store = tmp_path / "feature_cache" / "vision_hidden"
+    assert len(list(store.rglob("*.safetensors"))) == 3  # one shard per split
+    # The uncached run augments its training images; given the eval transform instead, it sees what the cache holds.
+    monkeypatch.setattr(MmsaImageProcessor, "train_transform", property(lambda self: self.eval_transform))
+    plain = train_hf.main(tiny_args(assets, tmp_path / "plain", *common, "--cache_vision_hidden_states", "false"))
+    assert len(list(store.rglob("*.safetensors"))) == 3  # the run without it computed none
+    np.testing.assert_allclose(losses_by_epoch(tmp_path / "cached"), losses_by_epoch(tmp_path / "plain"), rtol=1e-5)
+    assert cached["test_accuracy"] == plain["test_accuracy"]
+    trained, reference = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("cached", "plain"))
+    assert trained.keys() == reference.keys()
+    for key, tensor in trained.items():
+        torch.testing.assert_close(tensor, reference[key], atol=1e-5, rtol=1e-4, msg=key)
+    tower = load_file(str(next(Path(assets["vision"]).glob("*.safetensors"))))
+    stem = next(key for key in tower if key.endswith("conv1.0.weight") or key.endswith("conv1.weight"))
+    last = next(key for key in tower if ".layer4." in key and key.endswith("conv1.weight"))
+    saved = {key.split("vision_model.", 1)[1]: value for key, value in trained.items() if "vision_model." in key}
+    torch.testing.assert_close(saved[stem], tower[stem])  # fixed
+    assert not torch.equal(saved[last], tower[last])  # trained

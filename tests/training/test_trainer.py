@@ -115,3 +115,17 @@ def test_layerwise_lr_decay_sets_each_text_layer_rate(assets, tmp_path):
     heads = [p for name, p in model.named_parameters() if MmsaTrainer.parameter_group(name) == "head"]
     assert heads and {rate[id(p)] for p in heads} == {1e-2}
     assert all(id(p) not in rate for p in model.mmsa.vision_model.parameters())  # frozen
+
+
+def test_the_trainers_label_smoothing_flag_smooths_the_models_own_loss(assets, tmp_path):
+    """`--label_smoothing_factor` (a `TrainingArguments` field) becomes `MmsaConfig.label_smoothing`: the `Trainer`'s
+    own smoother would replace the model's loss and drop the modality heads' terms."""
+    model_args, data_args, training_args = train_hf.parse_args(
+        tiny_args(assets, tmp_path, "--fusion", "naive_cat", "--label_smoothing_factor", "0.1")
+    )
+    assert training_args.label_smoothing_factor == 0.0
+    model, _ = train_hf.build_model(model_args, data_args)
+    assert model.config.label_smoothing == 0.1
+    training_args.eval_strategy = "no"
+    trainer = MmsaTrainer(model=model, args=training_args)
+    assert trainer.label_smoother is None
