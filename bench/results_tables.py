@@ -366,24 +366,44 @@ def stages_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def text_tower_speed_markdown() -> str:
-    path = RESULTS / "text_tower_speed.json"
+def tower_speed_markdown(file: str, columns: tuple[tuple[str, str], ...]) -> str:
+    """A tower-speed table (bench/text_tower_speed.py, bench/vision_tower_speed.py): `columns` are `(heading, field)`
+    before the timings; a boolean field reads yes / no (a row measured before the field existed: no)."""
+    path = RESULTS / file
     if not path.is_file():
         return "Not measured yet.\n"
     data = json.loads(path.read_text())
-    lines = [
-        "| towers | text layers trained | hidden states entering them cached | seconds per step "
-        "| seconds per epoch (226 steps) |",
-        "|---|---|---|---|---|",
-    ]
+    headings = [heading for heading, _ in columns] + ["seconds per step", "seconds per epoch (226 steps)"]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     for row in data["results"]:
-        cached = "yes" if row.get("hidden_states_cached") else "no"
-        lines.append(
-            f"| {row['towers']} | {row['trained_text_layers']} | {cached} | {row['seconds_per_step']:.2f} | "
-            f"{row['seconds_per_epoch']:.0f} |"
-        )
+        cells = [row.get(field) for _, field in columns]
+        cells = ["yes" if cell is True else "no" if cell in (False, None) else cell for cell in cells]
+        cells += [f"{row['seconds_per_step']:.2f}", f"{row['seconds_per_epoch']:.0f}"]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     note = data.get("note")
     return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
+def text_tower_speed_markdown() -> str:
+    return tower_speed_markdown(
+        "text_tower_speed.json",
+        (
+            ("towers", "towers"),
+            ("text layers trained", "trained_text_layers"),
+            ("hidden states entering them cached", "hidden_states_cached"),
+        ),
+    )
+
+
+def vision_tower_speed_markdown() -> str:
+    return tower_speed_markdown(
+        "vision_tower_speed.json",
+        (
+            ("towers", "towers"),
+            ("image stages trained", "trained_image_stages"),
+            ("feature maps entering them cached", "feature_maps_cached"),
+        ),
+    )
 
 
 def tables(readme_text: str = "") -> dict[str, str]:
@@ -396,6 +416,7 @@ def tables(readme_text: str = "") -> dict[str, str]:
         "inference": inference_markdown(),
         "inference_stages": stages_markdown(),
         "text_tower_speed": text_tower_speed_markdown(),
+        "vision_tower_speed": vision_tower_speed_markdown(),
     }
     sweeps = {folder.name for folder in (RESULTS / "sweep").glob("*") if folder.is_dir()}
     sweeps |= set(re.findall(r"^<!-- table:sweep:([\w-]+) -->$", readme_text, re.M))

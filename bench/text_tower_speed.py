@@ -30,6 +30,37 @@ PAIRS = {
 """Name -> (text tower, image tower, text layers)."""
 
 
+STEPS_PER_EPOCH = -(-3608 // 16)
+"""Training steps of one epoch of the seed-42 train split at batch 16."""
+
+
+def time_steps(flags: list[str], steps: int, cpu_threads: int) -> dict:
+    """Runs `steps` training steps of `train_hf.py` (the main job's config with `naive_combine` and `flags`), after
+    its caches are filled, and returns the seconds per step, per epoch, and the wall time with set-up."""
+    import train_hf
+
+    with tempfile.TemporaryDirectory() as scratch:
+        argv = [
+            "configs/offline_minilm_effnet.yaml", "--fusion", "naive_combine", *flags,
+            "--max_steps", str(steps), "--eval_strategy", "no", "--save_strategy", "no",
+            "--load_best_model_at_end", "false", "--do_eval", "false", "--do_predict", "false",
+            "--calibration", "none", "--calibration_holdout", "0",
+            "--cpu_threads", str(cpu_threads), "--output_dir", scratch, "--disable_tqdm", "true",
+            "--logging_strategy", "no",
+        ]  # fmt: skip
+        start = time.perf_counter()
+        train_hf.main(argv)
+        wall = time.perf_counter() - start
+        metrics = json.loads((Path(scratch) / "train_results.json").read_text())
+    seconds_per_step = metrics["train_runtime"] / steps
+    return {
+        "seconds_per_step": round(seconds_per_step, 3),
+        "seconds_per_epoch": round(seconds_per_step * STEPS_PER_EPOCH, 1),
+        "steps_per_epoch": STEPS_PER_EPOCH,
+        "wall_seconds_including_setup": round(wall, 1),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
@@ -39,40 +70,24 @@ def main():
     args = parser.parse_args()
     if not os.environ.get("MVSA_SINGLE_DIR"):
         parser.error("set MVSA_SINGLE_DIR to the raw MVSA-Single folder")
-    import train_hf
-
     results = []
     for name in args.pairs:
         text, vision, depth = PAIRS[name]
         for layers, cached in ((None, False), (2, False), (2, True), (depth, True)):
-            with tempfile.TemporaryDirectory() as scratch:
-                argv = [
-                    "configs/offline_minilm_effnet.yaml",
-                    "--text_model_name_or_path", str(ROOT / text), "--vision_model_name_or_path", str(ROOT / vision),
-                    "--fusion", "naive_combine", "--freeze_text_backbone", "false", "--text_learning_rate", "2e-5",
-                    "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
-                    "--load_best_model_at_end", "false", "--do_eval", "false", "--do_predict", "false",
-                    "--calibration", "none", "--calibration_holdout", "0",
-                    "--cpu_threads", str(args.cpu_threads), "--output_dir", scratch, "--disable_tqdm", "true",
-                    "--logging_strategy", "no", "--cache_text_hidden_states", str(cached).lower(),
-                ]  # fmt: skip
-                if layers:
-                    argv += ["--text_trainable_layers", str(layers)]
-                start = time.perf_counter()
-                train_hf.main(argv)
-                wall = time.perf_counter() - start
-                metrics = json.loads((Path(scratch) / "train_results.json").read_text())
-            seconds_per_step = metrics["train_runtime"] / args.steps
-            steps_per_epoch = -(-3608 // 16)
+            flags = [
+                "--text_model_name_or_path", str(ROOT / text), "--vision_model_name_or_path", str(ROOT / vision),
+                "--freeze_text_backbone", "false", "--text_learning_rate", "2e-5",
+                "--cache_text_hidden_states", str(cached).lower(),
+            ]  # fmt: skip
+            if layers:
+                flags += ["--text_trainable_layers", str(layers)]
+            timing = time_steps(flags, args.steps, args.cpu_threads)
             results.append(
                 {
                     "towers": name,
                     "trained_text_layers": "all" if layers is None else f"{layers} of {depth}",
                     "hidden_states_cached": cached,
-                    "seconds_per_step": round(seconds_per_step, 3),
-                    "seconds_per_epoch": round(seconds_per_step * steps_per_epoch, 1),
-                    "steps_per_epoch": steps_per_epoch,
-                    "wall_seconds_including_setup": round(wall, 1),
+                    **timing,
                 }
             )
             print(json.dumps(results[-1]), flush=True)
