@@ -129,6 +129,14 @@ def final_validation_macro_f1(run: dict) -> float:
     return 100 * (max(scores.values()) if scores else run["best_validation_macro_f1"])
 
 
+def rule_chosen_on_validation(run: dict) -> bool:
+    """Whether the run chose its labelling rule's weight among several on the validation split (calibrated there,
+    which runs before `--calibration_holdout` all were)."""
+    calibration = run.get("calibration") or {}
+    held_out = "held out" in calibration.get("calibrated_on", "")
+    return len(calibration.get("rule_weight_macro_f1") or {}) > 1 and not held_out
+
+
 def cross_split_summary() -> dict:
     """Per cross-split row (`bench/results/cross_split/<name>/`): the figures of its runs, one per split seed."""
     summary = {}
@@ -151,6 +159,9 @@ def cross_split_summary() -> dict:
             "validation_searched": any(
                 "--hp_search_trials" in r["flags"] and "--hp_search_holdout 0" in r["flags"] for r in runs
             ),
+            # So does choosing the labelling rule's weight on the validation split: the saved model's validation
+            # score is the best of the weights tried on those posts.
+            "rule_chosen_on_validation": any(rule_chosen_on_validation(r) for r in runs),
             "command": runs[0]["command"].replace(f"--split_seed {runs[0]['split_seed']}", "--split_seed K"),
             "git_commit": runs[0].get("git_commit"),
         }
@@ -159,13 +170,17 @@ def cross_split_summary() -> dict:
 
 
 def best_on_validation(summary: dict, names) -> str | None:
-    """Of `names`, the row with all five splits and the best mean validation macro-F1 (test plays no part). Rows whose
-    hyperparameters were searched on the validation split itself are not eligible: their validation figure is the
-    best of several trials on those posts, which overstates it."""
+    """Of `names`, the row with all five splits and the best mean validation macro-F1 (test plays no part). Rows that
+    chose something beyond the checkpoint on the validation split itself are not eligible: hyperparameters searched
+    there, or the labelling rule's weight chosen there; their validation figure is the best of several settings on
+    those posts, which overstates it."""
     complete = [
         n
         for n in names
-        if n in summary and len(summary[n]["split_seeds"]) == 5 and not summary[n].get("validation_searched")
+        if n in summary
+        and len(summary[n]["split_seeds"]) == 5
+        and not summary[n].get("validation_searched")
+        and not summary[n].get("rule_chosen_on_validation")
     ]
     return max(complete, key=lambda n: statistics.mean(summary[n]["validation_macro_f1"])) if complete else None
 

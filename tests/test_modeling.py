@@ -590,3 +590,20 @@ def test_label_smoothing_smooths_the_post_and_modality_losses():
     )
     torch.testing.assert_close(smoothed, expected)
     assert not torch.isclose(smoothed, output.loss)
+
+
+def test_a_partly_trained_image_tower_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config("naive_cat", freeze_vision_backbone=False, vision_trainable_blocks=2)
+    model = MmsaForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.vision_trainable_blocks == 2
+    assert len(loaded.mmsa.fixed_vision_modules()) == len(model.mmsa.fixed_vision_modules())
+    pixel_values = torch.randn(2, 3, 64, 64)
+    inputs = {"input_ids": torch.randint(5, len(TINY_VOCAB), (2, 5)), "pixel_values": pixel_values}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+        maps = loaded.mmsa.vision_hidden_states(pixel_values)
+        cached = loaded(input_ids=inputs["input_ids"], vision_hidden_states=maps).logits
+    torch.testing.assert_close(cached, model(**inputs).logits, atol=1e-5, rtol=1e-4)

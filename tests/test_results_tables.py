@@ -155,3 +155,25 @@ def test_a_row_searched_on_the_validation_split_is_not_selected_on_it():
     }
     assert results_tables.best_on_validation(rows, list(rows)) == "searched_on_a_holdout"
     assert results_tables.best_on_validation(rows, ["plain", "searched_on_validation"]) == "plain"
+
+
+def test_a_row_whose_rule_weight_was_chosen_on_validation_is_not_selected_on_it():
+    """Choosing the labelling rule's weight among several on the validation posts makes the saved model's validation
+    score the best of those weights: such a row is shown but not eligible; chosen on held-out training posts, it is."""
+    on_validation = {"calibration": {"rule_weight_macro_f1": {"0.0": 0.6, "0.5": 0.66}}}
+    held_out = {
+        "calibration": {"calibrated_on": "361 posts held out of the training split", **on_validation["calibration"]}
+    }
+    assert results_tables.rule_chosen_on_validation(on_validation)
+    assert not results_tables.rule_chosen_on_validation(held_out)
+    assert not results_tables.rule_chosen_on_validation({"calibration": {"rule_weight_macro_f1": {"0.0": 0.6}}})
+    assert not results_tables.rule_chosen_on_validation({})  # trained before calibration
+    rows = {
+        "rule_on_validation": {
+            "split_seeds": [1, 2, 3, 4, 5],
+            "validation_macro_f1": [66.0] * 5,
+            "rule_chosen_on_validation": True,
+        },
+        "no_rule": {"split_seeds": [1, 2, 3, 4, 5], "validation_macro_f1": [65.0] * 5},
+    }
+    assert results_tables.best_on_validation(rows, list(rows)) == "no_rule"
