@@ -82,6 +82,23 @@ CANDIDATES.update(
         "calibrated on 10% of the training split held out",
         "mm_transformer_heads_conflicts_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality heads, "
         "conflicting posts in training, calibrated on 10% of the training split held out",
+        "mm_transformer_heads_rule_smooth0.1_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality "
+        "heads + labelling rule, label smoothing 0.1, calibrated on 10% of the training split held out",
+        "mm_transformer_heads_rule_text_top2_holdout": "MiniLM-L6 with its top 2 layers trained (5e-5, 5 epochs) + "
+        "EfficientNet-Lite0, `mm_transformer` + modality heads + labelling rule, calibrated on 10% of the training "
+        "split held out",
+        "mm_transformer_heads_rule_text_top2_lld0.8_8ep": "MiniLM-L6 with its top 2 layers trained (1e-4, layer-wise "
+        "decay 0.8, 8 epochs) + EfficientNet-Lite0, heads + rule, held-out calibration",
+        "mm_transformer_heads_rule_text_top2_lr1e-4": "MiniLM-L6 with its top 2 layers trained (1e-4, 5 epochs) + "
+        "EfficientNet-Lite0, heads + rule, held-out calibration",
+        "mm_transformer_heads_rule_text_top2_warmup0.2_3ep": "MiniLM-L6 with its top 2 layers trained (5e-5, 20% "
+        "warm-up, 3 epochs) + EfficientNet-Lite0, heads + rule, held-out calibration",
+        "mm_transformer_heads_rule_text_top4": "MiniLM-L6 with its top 4 layers trained (5e-5, 5 epochs) + "
+        "EfficientNet-Lite0, heads + rule, held-out calibration",
+        "mm_transformer_heads_rule_vision_last1": "MiniLM-L6 + EfficientNet-Lite0 with its last stage trained (1e-4, 6 "
+        "epochs, from cached feature maps), heads + rule, held-out calibration",
+        "mpnet_lite2_heads_rule_text_top2": "MPNet with its top 2 layers trained (5e-5, 5 epochs) + EfficientNet-Lite2, "
+        "heads + rule, held-out calibration",
     }
 )
 CALIBRATION = ("test_ece", "test_nll")
