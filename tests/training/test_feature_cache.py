@@ -216,6 +216,18 @@ def losses_by_epoch(output_dir) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+def assert_same_training(cached_dir, plain_dir, cached: dict, plain: dict) -> dict:
+    """Two runs trained alike: the same losses, test accuracy and saved weights (to float tolerance); returns the
+    first run's weights."""
+    np.testing.assert_allclose(losses_by_epoch(cached_dir), losses_by_epoch(plain_dir), rtol=1e-5)
+    assert cached["test_accuracy"] == plain["test_accuracy"]
+    trained, reference = (load_file(str(run / "model.safetensors")) for run in (cached_dir, plain_dir))
+    assert trained.keys() == reference.keys()
+    for key, tensor in trained.items():
+        torch.testing.assert_close(tensor, reference[key], atol=1e-5, rtol=1e-4, msg=key)
+    return trained
+
+
 def test_a_partly_trained_text_tower_trains_the_same_from_its_cached_hidden_states(assets, tmp_path):
     """`--text_trainable_layers N` with the cache: the hidden states entering the first trained layer are cached per
     post and only the top layers run; the losses and the trained model are those of running the whole tower."""
@@ -228,12 +240,7 @@ def test_a_partly_trained_text_tower_trains_the_same_from_its_cached_hidden_stat
     assert len(list(store.rglob("*.safetensors"))) == 3  # one shard per split
     plain = train_hf.main(tiny_args(assets, tmp_path / "plain", *common, "--cache_text_hidden_states", "false"))
     assert len(list(store.rglob("*.safetensors"))) == 3  # the run without it computed none
-    np.testing.assert_allclose(losses_by_epoch(tmp_path / "cached"), losses_by_epoch(tmp_path / "plain"), rtol=1e-5)
-    assert cached["test_accuracy"] == plain["test_accuracy"]
-    trained, reference = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("cached", "plain"))
-    assert trained.keys() == reference.keys()
-    for key, tensor in trained.items():
-        torch.testing.assert_close(tensor, reference[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert_same_training(tmp_path / "cached", tmp_path / "plain", cached, plain)
 
 
 def test_a_partly_trained_image_tower_trains_the_same_from_its_cached_feature_maps(assets, tmp_path, monkeypatch):
@@ -253,12 +260,7 @@ def test_a_partly_trained_image_tower_trains_the_same_from_its_cached_feature_ma
     monkeypatch.setattr(MmsaImageProcessor, "train_transform", property(lambda self: self.eval_transform))
     plain = train_hf.main(tiny_args(assets, tmp_path / "plain", *common, "--cache_vision_hidden_states", "false"))
     assert len(list(store.rglob("*.safetensors"))) == 3  # the run without it computed none
-    np.testing.assert_allclose(losses_by_epoch(tmp_path / "cached"), losses_by_epoch(tmp_path / "plain"), rtol=1e-5)
-    assert cached["test_accuracy"] == plain["test_accuracy"]
-    trained, reference = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("cached", "plain"))
-    assert trained.keys() == reference.keys()
-    for key, tensor in trained.items():
-        torch.testing.assert_close(tensor, reference[key], atol=1e-5, rtol=1e-4, msg=key)
+    trained = assert_same_training(tmp_path / "cached", tmp_path / "plain", cached, plain)
     tower = load_file(str(next(Path(assets["vision"]).glob("*.safetensors"))))
     stem = next(key for key in tower if key.endswith("conv1.0.weight") or key.endswith("conv1.weight"))
     last = next(key for key in tower if ".layer4." in key and key.endswith("conv1.weight"))
