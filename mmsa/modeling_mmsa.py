@@ -785,7 +785,7 @@ class MmsaModel(MmsaPreTrainedModel):
                 layer.requires_grad_(True)
             if top and getattr(self.text_model, "pooler", None) is not None:
                 self.text_model.pooler.requires_grad_(True)
-            fixed += [self.text_model.embeddings, *list(layers)[: len(layers) - top]]
+            fixed += self.fixed_text_modules()
         blocks = self.config.vision_trainable_blocks
         if self.vision_model is not None and not self.config.freeze_vision_backbone and blocks is not None:
             self._vision_cut = tuple(vision_fixed_modules(self.vision_model.timm_model, blocks))
@@ -796,7 +796,7 @@ class MmsaModel(MmsaPreTrainedModel):
                     f"vision_trainable_blocks={blocks} leaves nothing of the image tower to train "
                     f"({type(self.vision_model.timm_model).__name__} has no weights after its last stage)."
                 )
-            fixed += [getattr(parent, name) for parent, name in self._vision_cut]
+            fixed += self.fixed_vision_modules()
         self._fixed_modules = tuple(fixed)
         for module in self._fixed_modules:  # fixed: no dropout, BatchNorm statistics kept, in any mode
             module.eval()
@@ -937,8 +937,9 @@ class MmsaModel(MmsaPreTrainedModel):
 
     def vision_hidden_states(self, pixel_values) -> torch.Tensor:
         """The feature map entering the first trained stage of a partly trained image tower `(B, C, h, w)`: what its
-        fixed part computes, cached per post by the feature cache. The first call checks on a random image that the
-        trained stages run from it reproduce the whole tower (or says the architecture cannot be cut so)."""
+        fixed part computes, cached per post by the feature cache. The first call checks on the first image it is given
+        that the trained stages run from its map reproduce the whole tower (or says the architecture cannot be cut
+        so)."""
         if not self._vision_cut:
             raise ValueError(
                 "vision_hidden_states needs vision_trainable_blocks (and an image tower that is not frozen)."
