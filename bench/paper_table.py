@@ -51,6 +51,21 @@ def search_summary(output_dir: Path) -> dict:
     return {key: record[key] for key in ("n_trials", "best_trial", "best_objective", "best_hyperparameters")}
 
 
+def validation_figures(output_dir: Path) -> dict:
+    """The saved model's validation figures, as evaluated after training and calibration (`eval_results.json`): its
+    macro-F1 and, where the run reports them, its ECE and NLL (a check of the calibration when that was fitted on
+    posts held out of the training split, not on these)."""
+    path = output_dir / "eval_results.json"
+    if not path.is_file():
+        return {}
+    evaluated = json.loads(path.read_text())
+    figures = {"final_validation_macro_f1": evaluated["eval_macro_f1"]}
+    figures.update(
+        {f"validation_{key}": evaluated[f"eval_{key}"] for key in ("ece", "nll") if f"eval_{key}" in evaluated}
+    )
+    return figures
+
+
 def run(
     fusion: str | None,
     seed: int,
@@ -94,11 +109,7 @@ def run(
         ),
         "per_class_f1": {k[len("test_f1_") :]: v for k, v in test.items() if k.startswith("test_f1_")},
         "best_validation_macro_f1": state["best_metric"],
-        **(
-            {"final_validation_macro_f1": json.loads((output_dir / "eval_results.json").read_text())["eval_macro_f1"]}
-            if (output_dir / "eval_results.json").is_file()
-            else {}
-        ),
+        **validation_figures(output_dir),
         "best_checkpoint": Path(state["best_model_checkpoint"]).name if state.get("best_model_checkpoint") else None,
         "epochs_run": state["epoch"],
         "seconds": round(time.perf_counter() - start, 1),
