@@ -4,8 +4,9 @@
 
 Writes the split's posts (the run's own split: its recorded dataset and split seed) as a JSONL file with image files,
 runs `mmsa predict --all_scores` on it in a subprocess, and compares the predicted distributions with the labels:
-accuracy, mean top-class probability, ECE (10 equal-width bins), NLL, Brier score, and the share of posts given more
-than 99%. The figures go to `bench/results/calibration_<run name>.json` and are printed.
+accuracy, mean top-class probability, ECE (10 equal-width bins), NLL, Brier score, the share of posts given more
+than 99%, and the ECE a perfectly calibrated model with the same top-class probabilities would score on these posts
+(`mmsa.calibration.calibrated_ece`: the floor that sampling noise alone sets). The figures go to `bench/results/calibration_<run name>.json` and are printed.
 """
 
 import argparse
@@ -45,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from mmsa.calibration import calibration_metrics
+    from mmsa.calibration import calibrated_ece, calibration_metrics
     from mmsa.data import load_mvsa
 
     info = json.loads((args.model / "run_info.json").read_text())
@@ -78,6 +79,7 @@ def main(argv=None):
         "posts_over_99_percent": int((confidence > 0.99).sum()),
         "accuracy_of_posts_over_99_percent": float(correct[confidence > 0.99].mean()) if (confidence > 0.99).any()
         else None,
+        "ece_of_a_calibrated_model": dict(zip(("mean", "std"), calibrated_ece(confidence))),
         "temperature": json.loads((args.model / "config.json").read_text()).get("temperature", 1.0),
         "command": f"python bench/calibration_check.py --model {args.model}",
     }  # fmt: skip

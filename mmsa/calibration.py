@@ -68,6 +68,23 @@ def expected_calibration_error(probabilities, references, bins: int = ECE_BINS) 
     )
 
 
+def calibrated_ece(confidences, draws: int = 2000, seed: int = 0, bins: int = ECE_BINS) -> tuple[float, float]:
+    """The ECE that a perfectly calibrated model with these top-class probabilities would score on this many posts:
+    the mean and standard deviation over `draws` simulated outcomes, each post right with probability equal to its
+    confidence. On a few hundred posts it is well above 0 (sampling noise alone), which is the floor to read a
+    measured ECE against."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    if confidences.ndim != 1 or not len(confidences) or ((confidences < 0) | (confidences > 1)).any():
+        raise ValueError("expected a non-empty 1-D array of top-class probabilities in [0, 1]")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidences, edges[1:-1], right=True), 0, bins - 1)
+    members = np.eye(bins)[index]  # (posts, bins)
+    correct = np.random.default_rng(seed).random((draws, len(confidences))) < confidences
+    gaps = np.abs(correct @ members - confidences @ members)  # per draw and bin: |correct - summed confidence|
+    eces = gaps.sum(-1) / len(confidences)
+    return float(eces.mean()), float(eces.std())
+
+
 def negative_log_likelihood(probabilities, references) -> float:
     probabilities, references = _checked(probabilities, references)
     picked = probabilities[np.arange(len(references)), references]

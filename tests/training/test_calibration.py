@@ -11,6 +11,7 @@ from PIL import Image
 from mmsa import MmsaForSequenceClassification, MmsaProcessor, cli
 from mmsa.calibration import (
     brier_score,
+    calibrated_ece,
     calibration_metrics,
     expected_calibration_error,
     fit_temperature,
@@ -37,6 +38,26 @@ def test_calibration_metrics_by_hand():
     bins = reliability_bins(probabilities, references)
     assert [b["count"] for b in bins] == [0, 0, 0, 0, 0, 2, 0, 1, 1, 0]
     assert calibration_metrics(probabilities, references)["mean_confidence"] == pytest.approx(0.725)
+
+
+def test_calibrated_ece_is_the_sampling_floor_of_a_calibrated_model():
+    """The simulated ECE of a calibrated model agrees with ECE measured on outcomes drawn the same way, is 0 for
+    certain predictions, and falls as the posts grow in number."""
+    rng = np.random.default_rng(3)
+    confidences = 1 / 3 + (2 / 3) * rng.beta(1.5, 1.0, 452)
+    mean, std = calibrated_ece(confidences, draws=1000)
+    measured = []
+    for _ in range(300):
+        right = rng.random(len(confidences)) < confidences
+        others = (1 - confidences) / 2
+        probabilities = np.stack([confidences, others, others], axis=1)
+        measured.append(expected_calibration_error(probabilities, np.where(right, 0, 1)))
+    assert abs(mean - np.mean(measured)) < 0.003 and 0.02 < mean < 0.06 and 0.005 < std < 0.02
+    assert calibrated_ece(np.ones(50)) == (0.0, 0.0)
+    assert calibrated_ece(np.tile(confidences, 20), draws=200)[0] < mean / 3
+    assert calibrated_ece(confidences, seed=5) == calibrated_ece(confidences, seed=5)
+    with pytest.raises(ValueError, match="top-class probabilities"):
+        calibrated_ece([0.5, 1.2])
 
 
 def test_fit_temperature_recovers_the_temperature_of_the_data():
