@@ -81,6 +81,8 @@ CANDIDATES.update(
         "calibrated on 10% of the training split held out",
         "mm_transformer_heads_conflicts_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality heads, "
         "conflicting posts in training, calibrated on 10% of the training split held out",
+        "mm_transformer_heads_conflicts_rule_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality "
+        "heads + labelling rule, conflicting posts in training, calibrated on 10% of the training split held out",
         "mm_transformer_heads_rule_smooth0.1_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality "
         "heads + labelling rule, label smoothing 0.1, calibrated on 10% of the training split held out",
         "mm_transformer_heads_rule_text_top2_holdout": "MiniLM-L6 with its top 2 layers trained (5e-5, 5 epochs) + "
