@@ -6,7 +6,8 @@ Writes the split's posts (the run's own split: its recorded dataset and split se
 runs `mmsa predict --all_scores` on it in a subprocess, and compares the predicted distributions with the labels:
 accuracy, mean top-class probability, ECE (10 equal-width bins), NLL, Brier score, the share of posts given more
 than 99%, and the ECE a perfectly calibrated model with the same top-class probabilities would score on these posts
-(`mmsa.calibration.calibrated_ece`: the floor that sampling noise alone sets). The figures go to `bench/results/calibration_<run name>.json` and are printed.
+(`mmsa.calibration.calibrated_ece`: the floor that sampling noise alone sets). The figures go to
+`bench/results/calibration_<run name>.json` and are printed.
 """
 
 import argparse

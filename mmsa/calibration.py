@@ -38,13 +38,18 @@ def _checked(probabilities, references) -> tuple[np.ndarray, np.ndarray]:
     return probabilities, references
 
 
+def _bin_index(confidence: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The equal-width bins' edges and each confidence's bin ((0.9, 1.0] is the last of 10)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return edges, np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+
+
 def reliability_bins(probabilities, references, bins: int = ECE_BINS) -> list[dict]:
     """Per equal-width bin of the top-class probability: its range, size, accuracy and mean confidence."""
     probabilities, references = _checked(probabilities, references)
     confidence = probabilities.max(axis=-1)
     correct = probabilities.argmax(axis=-1) == references
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)  # (0.9, 1.0] is the last bin
+    edges, index = _bin_index(confidence, bins)
     rows = []
     for b in range(bins):
         members = index == b
@@ -76,9 +81,9 @@ def calibrated_ece(confidences, draws: int = 2000, seed: int = 0, bins: int = EC
     confidences = np.asarray(confidences, dtype=np.float64)
     if confidences.ndim != 1 or not len(confidences) or ((confidences < 0) | (confidences > 1)).any():
         raise ValueError("expected a non-empty 1-D array of top-class probabilities in [0, 1]")
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(confidences, edges[1:-1], right=True), 0, bins - 1)
-    members = np.eye(bins)[index]  # (posts, bins)
+    members = np.eye(bins)[
+        _bin_index(confidences, bins)[1]
+    ]  # (posts, bins): the bins `expected_calibration_error` uses
     correct = np.random.default_rng(seed).random((draws, len(confidences))) < confidences
     gaps = np.abs(correct @ members - confidences @ members)  # per draw and bin: |correct - summed confidence|
     eces = gaps.sum(-1) / len(confidences)
