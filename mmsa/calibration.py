@@ -81,9 +81,8 @@ def calibrated_ece(confidences, draws: int = 2000, seed: int = 0, bins: int = EC
     confidences = np.asarray(confidences, dtype=np.float64)
     if confidences.ndim != 1 or not len(confidences) or ((confidences < 0) | (confidences > 1)).any():
         raise ValueError("expected a non-empty 1-D array of top-class probabilities in [0, 1]")
-    members = np.eye(bins)[
-        _bin_index(confidences, bins)[1]
-    ]  # (posts, bins): the bins `expected_calibration_error` uses
+    _, index = _bin_index(confidences, bins)  # the bins `expected_calibration_error` uses
+    members = np.eye(bins)[index]  # (posts, bins)
     correct = np.random.default_rng(seed).random((draws, len(confidences))) < confidences
     gaps = np.abs(correct @ members - confidences @ members)  # per draw and bin: |correct - summed confidence|
     eces = gaps.sum(-1) / len(confidences)
