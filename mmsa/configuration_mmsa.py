@@ -94,6 +94,13 @@ class MmsaConfig(PreTrainedConfig):
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Label smoothing of the post and modality cross-entropies (`train_hf.py --label_smoothing_factor` sets
             it).
+        mixup_alpha (`float`, *optional*, defaults to 0.0):
+            Manifold mixup in training (Verma et al., 2019): each training batch's head inputs (the fused vectors
+            and the modality heads' pooled features) are mixed with those of the same batch in a random order,
+            with one weight λ ~ Beta(α, α) per batch, and the loss is λ times the loss of the posts' own labels
+            plus 1 - λ times that of the labels they were mixed with. It applies to every fusion, whose token
+            sequences need not line up, and works on cached features; evaluation and inference are unchanged.
+            0 turns it off.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialiser of the new fusion layers.
         ensemble_fusions (`list[str]`, *optional*):
@@ -154,6 +161,7 @@ class MmsaConfig(PreTrainedConfig):
     text_trainable_layers: int | None = None
     vision_trainable_blocks: int | None = None
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
     initializer_range: float = 0.02
     ensemble_fusions: list[str] | None = None
     temperature: float = 1.0
@@ -194,6 +202,8 @@ class MmsaConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be a positive number, got {getattr(self, name)}.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
+        if not self.mixup_alpha >= 0.0:
+            raise ValueError(f"`mixup_alpha` must be 0 (off) or positive, got {self.mixup_alpha}.")
         if not 0.0 <= self.rule_weight <= 1.0:
             raise ValueError(f"`rule_weight` must be in [0, 1], got {self.rule_weight}.")
         if self.modality_heads and not (self.uses_text and self.uses_vision):

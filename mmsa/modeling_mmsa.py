@@ -1151,6 +1151,32 @@ def cross_entropy(logits, labels, weight=None, label_smoothing: float = 0.0) -> 
     return nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
 
 
+def mixup_draw(batch_size: int, alpha: float, device) -> tuple[float, torch.Tensor]:
+    """One manifold-mixup draw for a batch: the weight λ ~ Beta(α, α) and the random order of the posts each post is
+    mixed with (from torch's global generator, so a seeded run repeats)."""
+    weight = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha))).sample()
+    return float(weight), torch.randperm(batch_size).to(device)
+
+
+def mix(features: torch.Tensor | None, mixing: tuple[float, torch.Tensor]) -> torch.Tensor | None:
+    """`λ * features + (1 - λ) * features[order]` (`None` stays `None`)."""
+    if features is None:
+        return None
+    weight, order = mixing
+    return weight * features + (1 - weight) * features[order]
+
+
+def mixed_cross_entropy(logits, labels, mixing, weight=None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """`cross_entropy(logits, labels)`, or under mixup (`mixing` = `(λ, order)`) `λ` times it plus `1 - λ` times that
+    of `labels[order]`: the loss of mixed inputs against the labels of both posts of each pair."""
+    if mixing is None:
+        return cross_entropy(logits, labels, weight, label_smoothing)
+    mixed_weight, order = mixing
+    return mixed_weight * cross_entropy(logits, labels, weight, label_smoothing) + (1 - mixed_weight) * cross_entropy(
+        logits, labels.to(order.device)[order], weight, label_smoothing
+    )
+
+
 class MmsaForSequenceClassification(MmsaPreTrainedModel):
     """`MmsaModel` with the fusion strategy's classification head(s) on top, and with `config.modality_heads` a text
     head and an image head that predict each modality's own sentiment."""
@@ -1185,7 +1211,17 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
         """
         config = self.config
         outputs = self.mmsa(**inputs, output_attentions=output_attentions)
-        head_logits = [head(branch) for head, branch in zip(self.classifiers, outputs.branch_embeds)]
+        branches, text_embeds, image_embeds = outputs.branch_embeds, outputs.text_embeds, outputs.image_embeds
+        mixing = None
+        if (
+            self.training
+            and config.mixup_alpha > 0
+            and any(x is not None for x in (labels, text_labels, image_labels))
+        ):
+            mixing = mixup_draw(branches[0].shape[0], config.mixup_alpha, branches[0].device)
+            branches = tuple(mix(branch, mixing) for branch in branches)
+            text_embeds, image_embeds = mix(text_embeds, mixing), mix(image_embeds, mixing)
+        head_logits = [head(branch) for head, branch in zip(self.classifiers, branches)]
         if len(head_logits) == 1:
             logits = head_logits[0]
         else:
@@ -1197,15 +1233,15 @@ class MmsaForSequenceClassification(MmsaPreTrainedModel):
             weight = None
             if config.class_weights is not None:
                 weight = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
-            loss = cross_entropy(logits, labels, weight, config.label_smoothing)
+            loss = mixed_cross_entropy(logits, labels, mixing, weight, config.label_smoothing)
 
         text_logits = image_logits = None
         if config.modality_heads:
-            text_logits, image_logits = self.text_head(outputs.text_embeds), self.image_head(outputs.image_embeds)
+            text_logits, image_logits = self.text_head(text_embeds), self.image_head(image_embeds)
             for modality_logits, modality_labels in ((text_logits, text_labels), (image_logits, image_labels)):
                 if modality_labels is not None:
-                    term = config.modality_loss_weight * cross_entropy(
-                        modality_logits, modality_labels, label_smoothing=config.label_smoothing
+                    term = config.modality_loss_weight * mixed_cross_entropy(
+                        modality_logits, modality_labels, mixing, label_smoothing=config.label_smoothing
                     )
                     loss = term if loss is None else loss + term
             text_logits, image_logits = text_logits / config.text_temperature, image_logits / config.image_temperature

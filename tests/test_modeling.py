@@ -592,6 +592,95 @@ def test_label_smoothing_smooths_the_post_and_modality_losses():
     assert not torch.isclose(smoothed, output.loss)
 
 
+def mixup_inputs():
+    return {
+        "input_ids": torch.randint(5, len(TINY_VOCAB), (4, 6)),
+        "pixel_values": torch.randn(4, 3, 64, 64),
+        "labels": torch.tensor([0, 1, 2, -100]),  # the last post's modalities conflict: no post label
+        "text_labels": torch.tensor([0, 1, 1, 2]),
+        "image_labels": torch.tensor([2, 1, 0, 0]),
+    }
+
+
+@pytest.mark.parametrize("fusion", ["mm_transformer", "naive_combine"])
+def test_mixup_trains_on_mixed_head_inputs_against_both_posts_labels(fusion, monkeypatch):
+    """Manifold mixup: in training the heads read `λ x + (1 - λ) x[order]` and the loss is `λ` times that of the
+    posts' labels plus `1 - λ` times that of the labels of the posts they were mixed with, for the post head(s) and
+    both modality heads; posts without a label (-100) count in neither term."""
+    torch.manual_seed(0)
+    config = tiny_config(
+        fusion,
+        modality_heads=True,
+        mixup_alpha=0.4,
+        freeze_text_backbone=True,
+        freeze_vision_backbone=True,
+        projection_dropout=0.0,
+        attention_dropout=0.0,
+        classifier_dropout=0.0,
+        initializer_range=1.0,
+    )
+    model = MmsaForSequenceClassification(config)
+    inputs = mixup_inputs()
+    weight, order = 0.7, torch.tensor([2, 0, 3, 1])
+    monkeypatch.setattr("mmsa.modeling_mmsa.mixup_draw", lambda size, alpha, device: (weight, order))
+    mixed = model.train()(**inputs).loss
+
+    model.eval()
+    with torch.no_grad():
+        plain = model(**inputs)
+        features = model.mmsa(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"])
+
+    def mix(x):
+        return weight * x + (1 - weight) * x[order]
+
+    def both(logits, labels):
+        f = torch.nn.functional.cross_entropy
+        return weight * f(logits, labels) + (1 - weight) * f(logits, labels[order])
+
+    with torch.no_grad():
+        heads = [head(mix(b)) for head, b in zip(model.classifiers, features.branch_embeds)]
+        post = heads[0] if len(heads) == 1 else torch.stack([h.log_softmax(-1) for h in heads]).mean(0)
+        expected = both(post, inputs["labels"]) + config.modality_loss_weight * (
+            both(model.text_head(mix(features.text_embeds)), inputs["text_labels"])
+            + both(model.image_head(mix(features.image_embeds)), inputs["image_labels"])
+        )
+    torch.testing.assert_close(mixed, expected)
+    assert not torch.isclose(mixed, plain.loss)
+
+    # λ = 1 with the posts in their own order is no mixing at all: the plain loss.
+    monkeypatch.setattr("mmsa.modeling_mmsa.mixup_draw", lambda size, alpha, device: (1.0, torch.arange(size)))
+    torch.testing.assert_close(model.train()(**inputs).loss, plain.loss)
+
+
+def test_mixup_leaves_evaluation_and_inference_unchanged():
+    torch.manual_seed(0)
+    model = MmsaForSequenceClassification(tiny_config("mm_transformer", modality_heads=True)).eval()
+    inputs = mixup_inputs()
+    with torch.no_grad():
+        before = model(**inputs)
+        model.config.mixup_alpha = 0.4
+        after = model(**inputs)
+    for name in ("loss", "logits", "text_logits", "image_logits"):
+        torch.testing.assert_close(getattr(after, name), getattr(before, name))
+
+
+def test_mixup_draws_a_weight_and_an_order_from_the_seed():
+    from mmsa.modeling_mmsa import mixup_draw
+
+    torch.manual_seed(3)
+    weight, order = mixup_draw(16, 0.4, "cpu")
+    torch.manual_seed(3)
+    again = mixup_draw(16, 0.4, "cpu")
+    assert 0.0 < weight < 1.0 and sorted(order.tolist()) == list(range(16))
+    assert weight == again[0] and torch.equal(order, again[1])
+    draws = [mixup_draw(4, 0.4, "cpu")[0] for _ in range(400)]
+    # Beta(0.4, 0.4) is U-shaped with mean 0.5: most draws lie near 0 or 1.
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.06
+    assert sum(w < 0.2 or w > 0.8 for w in draws) > 0.5 * len(draws)
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        tiny_config("naive_cat", mixup_alpha=-0.1)
+
+
 def test_a_partly_trained_image_tower_survives_save_and_load(tmp_path):
     torch.manual_seed(0)
     config = tiny_config("naive_cat", freeze_vision_backbone=False, vision_trainable_blocks=2)

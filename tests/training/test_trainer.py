@@ -1,6 +1,9 @@
 """`mmsa.training.trainer`: each part of the model at its own learning rate, layer-wise decay, top text
 layers."""
 
+import json
+import math
+
 import pytest
 import torch
 from run_helpers import tiny_args
@@ -115,6 +118,21 @@ def test_layerwise_lr_decay_sets_each_text_layer_rate(assets, tmp_path):
     heads = [p for name, p in model.named_parameters() if MmsaTrainer.parameter_group(name) == "head"]
     assert heads and {rate[id(p)] for p in heads} == {1e-2}
     assert all(id(p) not in rate for p in model.mmsa.vision_model.parameters())  # frozen
+
+
+def test_the_mixup_flag_reaches_the_model_and_a_run_trains(assets, tmp_path):
+    """`--mixup_alpha` is an `MmsaConfig` field given as a flag: a run on cached features trains with it (a loss
+    other than the same run's without it) and the saved model keeps it."""
+    frozen = ("--num_train_epochs", "1", "--freeze_text_backbone", "true", "--freeze_vision_backbone", "true")
+    common = (*frozen, "--fusion", "naive_cat", "--modality_heads", "true", "--calibration", "none")
+    train_hf.main(tiny_args(assets, tmp_path / "mixup", *common, "--mixup_alpha", "0.4"))
+    train_hf.main(tiny_args(assets, tmp_path / "plain", *common))
+    saved = json.loads((tmp_path / "mixup" / "config.json").read_text())
+    assert saved["mixup_alpha"] == 0.4
+    losses = [
+        json.loads((tmp_path / name / "train_results.json").read_text())["train_loss"] for name in ("mixup", "plain")
+    ]
+    assert all(math.isfinite(loss) for loss in losses) and losses[0] != losses[1]
 
 
 def test_the_trainers_label_smoothing_flag_smooths_the_models_own_loss(assets, tmp_path):
