@@ -107,6 +107,13 @@ CANDIDATES.update(
         "epochs, from cached feature maps), heads + rule, held-out calibration",
         "mpnet_lite2_heads_rule_text_top2": "MPNet with its top 2 layers trained (5e-5, 5 epochs) + EfficientNet-Lite2, "
         "heads + rule, held-out calibration",
+        "mm_transformer_heads_rule_text_top2_lr2e-5_holdout": "MiniLM-L6 with its top 2 layers trained (2e-5, 5 "
+        "epochs) + EfficientNet-Lite0, heads + rule, held-out calibration",
+        "mm_transformer_heads_mixup0.4_holdout": "MiniLM-L6 + EfficientNet-Lite0, `mm_transformer` + modality heads, "
+        "manifold mixup (α 0.4), calibrated on 10% of the training split held out",
+        "mm_transformer_heads_text_top2_lld0.8_8ep_mixup0.4_holdout": "MiniLM-L6 with its top 2 layers trained (1e-4, "
+        "layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0, `mm_transformer` + modality heads, manifold mixup "
+        "(α 0.4), calibrated on 10% of the training split held out",
     }
 )
 CALIBRATION = ("test_ece", "test_nll")
