@@ -212,3 +212,29 @@ def test_the_recommended_model_is_calibrated_on_posts_held_out_of_training():
     }
     assert results_tables.best_on_validation(rows, list(rows), held_out_calibration=True) == "held_out"
     assert results_tables.best_on_validation(rows, list(rows)) == "on_validation"
+
+
+def test_the_targets_table_says_by_how_much_the_recommended_model_misses_each_target(monkeypatch):
+    five = [1, 2, 3, 4, 5]
+    recommended = {
+        "split_seeds": five,
+        "validation_macro_f1": [66.0] * 5,
+        "calibrated": True,
+        "calibrated_on_validation": False,
+        "test_accuracy": [74.0, 75.0, 76.0, 74.0, 75.0],  # mean 74.8: 0.20 short of 75
+        "test_weighted_f1": [74.5] * 5,  # 74.5: met
+        "test_macro_f1": [60.0] * 5,
+        "minutes": 50.0,
+    }
+    lower = {**recommended, "validation_macro_f1": [60.0] * 5, "test_accuracy": [90.0] * 5}
+    summary = {"recommended": recommended, "lower_on_validation": lower}
+    for name in summary:
+        monkeypatch.setitem(results_tables.CANDIDATES, name, name)
+    rows = results_tables.targets_markdown(summary).splitlines()[2:]
+    cells = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[1:] for row in rows}
+    assert cells["test accuracy ≥ 75"] == ["74.80 ± 0.84", "0.20 |"]  # the row chosen on validation, not on test
+    assert cells["test weighted-F1 ≥ 74"] == ["74.50 ± 0.00", "met |"]
+    assert cells["test macro-F1 ≥ 65"] == ["60.00 ± 0.00", "5.00 |"]
+    assert cells["stretch: test weighted-F1 ≥ 76"][1] == "1.50 |"
+    assert cells["one run ≤ 45 minutes (feature cache filled)"][1] == "5.0 minutes |"
+    assert results_tables.targets_markdown({"lower_on_validation": {**lower, "split_seeds": [1]}}).startswith("No ")
