@@ -347,7 +347,7 @@ def targets_markdown(summary: dict | None = None) -> str:
         )
     minutes = entry["minutes"]
     lines.append(
-        f"| one run ≤ {TARGET_MINUTES} minutes (feature cache filled) | {minutes:.1f} minutes, another run sharing "
+        f"| one run ≤ {TARGET_MINUTES} minutes (feature cache filled) | {minutes:.1f} minutes, other runs sharing "
         f"the CPU | {'met' if minutes <= TARGET_MINUTES else f'{minutes - TARGET_MINUTES:.1f} minutes'} |"
     )
     return "\n".join(lines) + "\n"
