@@ -94,6 +94,12 @@ def write_lines(path: Path, lines: list[bytes]):
     path.write_bytes(b"\n".join(lines) + b"\n")
 
 
+def batch_argv(model: Path, folder: Path, *options: str, output: str = "out.jsonl") -> list[str]:
+    """`mmsa predict` from `folder/posts.jsonl` to `folder/<output>`."""
+    paths = ["--input", str(folder / "posts.jsonl"), "--output", str(folder / output)]
+    return ["predict", "--model", str(model), *paths, *options]
+
+
 def test_every_row_gets_one_record_in_order(tiny_run, tmp_path, silent_server):
     Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "photo.png")
     good = {"text": "i love this", "image": "photo.png"}
@@ -116,22 +122,7 @@ def test_every_row_gets_one_record_in_order(tiny_run, tmp_path, silent_server):
     write_lines(tmp_path / "posts.jsonl", lines)
     start = time.monotonic()
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmsa.cli",
-            "predict",
-            "--model",
-            str(tiny_run),
-            "--input",
-            str(tmp_path / "posts.jsonl"),
-            "--output",
-            str(tmp_path / "out.jsonl"),
-            "--batch_size",
-            "4",
-            "--timeout",
-            "1",
-        ],
+        [sys.executable, "-m", "mmsa.cli", *batch_argv(tiny_run, tmp_path, "--batch_size", "4", "--timeout", "1")],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -190,18 +181,7 @@ def test_batch_output_is_atomic_and_never_the_input(tiny_run, tmp_path, monkeypa
 def test_numeric_options_are_validated(tiny_run, tmp_path, option):
     (tmp_path / "posts.jsonl").write_text('{"text": "x", "image": "p.png"}\n')
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(
-            [
-                "predict",
-                "--model",
-                str(tiny_run),
-                "--input",
-                str(tmp_path / "posts.jsonl"),
-                "--output",
-                str(tmp_path / "out.jsonl"),
-                *option,
-            ]
-        )
+        cli.run(batch_argv(tiny_run, tmp_path, *option))
     assert exit_info.value.code == 2 and not (tmp_path / "out.jsonl").exists()
 
 
@@ -305,19 +285,7 @@ def test_cli_predict_single_batch_and_evaluate(tiny_run, tmp_path, capsys):
     ]
     lines = [json.dumps(r) for r in rows[:3]] + ["{not json"] + [json.dumps(r) for r in rows[3:]]
     (tmp_path / "posts.jsonl").write_text("\n".join(lines) + "\n")
-    counts = cli.run(
-        [
-            "predict",
-            "--model",
-            str(tiny_run),
-            "--input",
-            str(tmp_path / "posts.jsonl"),
-            "--output",
-            str(tmp_path / "preds.jsonl"),
-            "--batch_size",
-            "2",
-        ]
-    )
+    counts = cli.run(batch_argv(tiny_run, tmp_path, "--batch_size", "2", output="preds.jsonl"))
     assert counts == {"rows": 6, "predicted": 2, "errors": 4, "blank_lines": 0}
     records = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
