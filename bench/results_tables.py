@@ -124,6 +124,9 @@ CANDIDATES.update(
         "layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0 with its last stage trained (1e-4), both from cached "
         "inputs, `ensemble` (`naive_cat`, `ote`, `mm_transformer`) + modality heads, calibrated on 10% of the training "
         "split held out",
+        "mpnet_heads_text_top2_lld0.8_8ep_vision_last1_holdout": "MPNet with its top 2 layers trained (1e-4, "
+        "layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0 with its last stage trained (1e-4), both from cached "
+        "inputs, `mm_transformer` + modality heads, calibrated on 10% of the training split held out",
         "mm_transformer_heads_text_all_lld0.8_8ep_holdout": "MiniLM-L6 with all 6 layers trained (1e-4 at the top, "
         "layer-wise decay 0.8, 8 epochs; the embeddings fixed and cached) + EfficientNet-Lite0, `mm_transformer` + "
         "modality heads, calibrated on 10% of the training split held out",
