@@ -65,6 +65,12 @@ for _towers, _config, _fusion in (
             "posts in training, calibrated",
         }
     )
+_BOTH_PARTIAL_TOWERS = (
+    "with its top 2 layers trained (1e-4, layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0 with its last stage "
+    "trained (1e-4), both from cached inputs"
+)
+"""The recommended schedule's two partly trained towers, as the rows trained on it name them."""
+_HELD_OUT = "calibrated on 10% of the training split held out"
 CANDIDATES.update(
     {
         "ensemble_calibrated": "MiniLM-L6 + EfficientNet-Lite0, `ensemble` (`naive_cat`, `ote`, `mm_transformer`), "
@@ -117,16 +123,12 @@ CANDIDATES.update(
         "mm_transformer_heads_text_top4_lld0.8_8ep_holdout": "MiniLM-L6 with its top 4 layers trained (1e-4, "
         "layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0, `mm_transformer` + modality heads, calibrated on 10% of "
         "the training split held out",
-        "mm_transformer_heads_text_top2_lld0.8_8ep_vision_last1_holdout": "MiniLM-L6 with its top 2 layers trained "
-        "(1e-4, layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0 with its last stage trained (1e-4), both from "
-        "cached inputs, `mm_transformer` + modality heads, calibrated on 10% of the training split held out",
-        "ensemble_heads_text_top2_lld0.8_8ep_vision_last1_holdout": "MiniLM-L6 with its top 2 layers trained (1e-4, "
-        "layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0 with its last stage trained (1e-4), both from cached "
-        "inputs, `ensemble` (`naive_cat`, `ote`, `mm_transformer`) + modality heads, calibrated on 10% of the training "
-        "split held out",
-        "mpnet_heads_text_top2_lld0.8_8ep_vision_last1_holdout": "MPNet with its top 2 layers trained (1e-4, "
-        "layer-wise decay 0.8, 8 epochs) + EfficientNet-Lite0 with its last stage trained (1e-4), both from cached "
-        "inputs, `mm_transformer` + modality heads, calibrated on 10% of the training split held out",
+        "mm_transformer_heads_text_top2_lld0.8_8ep_vision_last1_holdout": f"MiniLM-L6 {_BOTH_PARTIAL_TOWERS}, "
+        f"`mm_transformer` + modality heads, {_HELD_OUT}",
+        "ensemble_heads_text_top2_lld0.8_8ep_vision_last1_holdout": f"MiniLM-L6 {_BOTH_PARTIAL_TOWERS}, `ensemble` "
+        f"(`naive_cat`, `ote`, `mm_transformer`) + modality heads, {_HELD_OUT}",
+        "mpnet_heads_text_top2_lld0.8_8ep_vision_last1_holdout": f"MPNet {_BOTH_PARTIAL_TOWERS}, `mm_transformer` + "
+        f"modality heads, {_HELD_OUT}",
         "mm_transformer_heads_text_all_lld0.8_8ep_holdout": "MiniLM-L6 with all 6 layers trained (1e-4 at the top, "
         "layer-wise decay 0.8, 8 epochs; the embeddings fixed and cached) + EfficientNet-Lite0, `mm_transformer` + "
         "modality heads, calibrated on 10% of the training split held out",
