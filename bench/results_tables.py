@@ -132,6 +132,8 @@ CANDIDATES.update(
         "image_only_holdout": f"`image_only`, EfficientNet-Lite0 frozen, {_HELD_OUT}",
         "image_only_lite2_holdout": f"`image_only`, EfficientNet-Lite2 frozen (`--vision_model_name_or_path "
         f"backbones-large/vision`), {_HELD_OUT}",
+        "image_only_holdout0.2": "`image_only`, EfficientNet-Lite0 frozen, calibrated on 20% of the training split "
+        "held out (`--calibration_holdout 0.2`)",
         "mm_transformer_heads_text_all_lld0.8_8ep_holdout": "MiniLM-L6 with all 6 layers trained (1e-4 at the top, "
         "layer-wise decay 0.8, 8 epochs; the embeddings fixed and cached) + EfficientNet-Lite0, `mm_transformer` + "
         "modality heads, calibrated on 10% of the training split held out",

@@ -1,0 +1,125 @@
+"""What averaging several trained models of one configuration would give: the runs of one split, trained with
+different seeds, scored alone and as the mean of their log-probabilities on that split's validation and test posts.
+
+    python bench/seed_ensemble.py --models runs/best_offline_split1 runs/seed_ensemble/split1_seed43 \\
+        runs/seed_ensemble/split1_seed44 --output bench/results/seed_ensemble/best_offline_split1.json
+
+Every model must be a `train_hf.py` output folder of the same split (its `run_info.json`: dataset, split seed and
+split file); each one's calibrated probabilities come from its own forward (its temperature applied), on every post of
+the two splits. For each model and for the average the figures are validation macro-F1 and test accuracy, macro-F1,
+weighted-F1, ECE, NLL and mean top-class probability, in percent. A seed's calibration holdout is drawn with its
+seed, so the models were also trained on different 90% of the training split. This measures whether an ensemble
+over separately trained towers is worth packaging; it is not a row of the five-split tables.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPLITS = ("validation", "test")
+
+
+def run_split(model_dir: Path) -> tuple[str, int, str | None]:
+    """The dataset, split seed and split file a run was trained on, from its `run_info.json`."""
+    path = model_dir / "run_info.json"
+    if not path.is_file():
+        raise SystemExit(f"--models {model_dir}: no run_info.json (not a train_hf.py output folder)")
+    info = json.loads(path.read_text())
+    return info["dataset"], info["data_args"]["split_seed"], info["data_args"].get("split_file")
+
+
+def log_probabilities(model_dir: Path, data, batch_size: int) -> np.ndarray:
+    """The model's calibrated log-probabilities on every post of `data` (its own temperature applied)."""
+    import torch
+
+    from mmsa.cli import load_explainer, split_logits
+
+    model, processor = load_explainer(str(model_dir))
+    logits = torch.as_tensor(split_logits(model, processor, data, batch_size)["logits"])
+    return torch.log_softmax(logits, dim=-1).numpy()
+
+
+def average_log_probabilities(members: list[np.ndarray]) -> np.ndarray:
+    """The members' mean log-probabilities, renormalised over the classes: the ensemble's log-probabilities (the
+    normalised geometric mean of the members' distributions, as the `ensemble` fusion averages its members)."""
+    mean = np.mean(members, axis=0)
+    return mean - np.logaddexp.reduce(mean, axis=-1, keepdims=True)
+
+
+def scores(log_probs: dict[str, np.ndarray], references: dict[str, np.ndarray], names: list[str]) -> dict:
+    from mmsa.calibration import calibration_metrics
+    from mmsa.metrics import load_sentiment_metrics
+
+    metric = load_sentiment_metrics()
+    figures = {}
+    for split in SPLITS:
+        probabilities = np.exp(log_probs[split])
+        computed = metric.compute(
+            predictions=probabilities.argmax(-1).tolist(),
+            references=references[split].tolist(),
+            labels=names,
+            probabilities=probabilities,
+        )
+        calibration = calibration_metrics(probabilities, references[split])
+        if split == "validation":
+            figures["validation_macro_f1"] = 100 * computed["macro_f1"]
+            continue
+        figures.update({f"test_{key}": 100 * computed[key] for key in ("accuracy", "macro_f1", "weighted_f1")})
+        figures.update({f"test_{key}": 100 * calibration[key] for key in ("ece", "mean_confidence")})
+        figures["test_nll"] = calibration["nll"]
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True, type=Path, help="train_hf.py output folders")
+    parser.add_argument("--dataset", default=None, help="default: the dataset recorded in the runs")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--output", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    if len(args.models) < 2:
+        parser.error("--models needs at least two runs to average")
+
+    from mmsa.data import load_mvsa
+
+    recorded = {model_dir: run_split(model_dir) for model_dir in args.models}
+    if len({split[1:] for split in recorded.values()}) > 1:
+        listed = ", ".join(
+            f"{path} (split seed {split[1]}, split file {split[2]})" for path, split in recorded.items()
+        )
+        raise SystemExit(f"--models were trained on different splits: {listed}")
+    dataset, split_seed, split_file = recorded[args.models[0]]
+    splits = load_mvsa(args.dataset or dataset, seed=split_seed, split_file=split_file)
+    names = splits["test"].features["label"].names
+    references = {split: np.asarray(splits[split]["label"]) for split in SPLITS}
+
+    members, per_model = [], {}
+    for model_dir in args.models:
+        log_probs = {split: log_probabilities(model_dir, splits[split], args.batch_size) for split in SPLITS}
+        members.append(log_probs)
+        per_model[str(model_dir)] = scores(log_probs, references, names)
+    averaged = {split: average_log_probabilities([member[split] for member in members]) for split in SPLITS}
+    result = {
+        "split_seed": split_seed,
+        "models": per_model,
+        "members_mean": {
+            key: float(np.mean([m[key] for m in per_model.values()])) for key in next(iter(per_model.values()))
+        },
+        "ensemble": scores(averaged, references, names),
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

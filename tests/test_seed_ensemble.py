@@ -1,0 +1,57 @@
+"""`bench/seed_ensemble.py`: the average of several trained runs of one split, scored on its validation and test posts."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import seed_ensemble  # noqa: E402
+
+
+def test_the_average_is_the_normalised_geometric_mean_of_the_members():
+    rng = np.random.default_rng(0)
+    members = [np.log(rng.dirichlet(np.ones(3), size=5)) for _ in range(3)]
+    averaged = np.exp(seed_ensemble.average_log_probabilities(members))
+    expected = np.prod([np.exp(m) for m in members], axis=0) ** (1 / 3)
+    np.testing.assert_allclose(averaged, expected / expected.sum(-1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(averaged.sum(-1), 1.0, rtol=1e-12)
+
+
+def _with_temperature(run: Path, folder: Path, temperature: float) -> Path:
+    """A copy of `run` whose post temperature is `temperature`: the same predictions, other probabilities."""
+    shutil.copytree(run, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["temperature"] = temperature
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_ensemble_of_one_run_at_two_temperatures_keeps_its_predictions(tiny_run, tmp_path):
+    sharp = _with_temperature(tiny_run, tmp_path / "sharp", 0.5)
+    flat = _with_temperature(tiny_run, tmp_path / "flat", 3.0)
+    output = tmp_path / "ensemble.json"
+    seed_ensemble.main(["--models", str(sharp), str(flat), "--output", str(output)])
+    result = json.loads(output.read_text())
+    members = [result["models"][str(sharp)], result["models"][str(flat)]]
+    ensemble = result["ensemble"]
+    # dividing the logits by either temperature keeps their order, and so does the average of the two
+    for key in ("validation_macro_f1", "test_accuracy", "test_macro_f1", "test_weighted_f1"):
+        assert members[0][key] == pytest.approx(members[1][key])
+        assert ensemble[key] == pytest.approx(members[0][key])
+    assert members[1]["test_mean_confidence"] < ensemble["test_mean_confidence"] < members[0]["test_mean_confidence"]
+    assert result["members_mean"]["test_nll"] == pytest.approx((members[0]["test_nll"] + members[1]["test_nll"]) / 2)
+
+
+def test_runs_of_different_splits_are_refused(tiny_run, tmp_path):
+    other = tmp_path / "other_split"
+    shutil.copytree(tiny_run, other)
+    info = json.loads((other / "run_info.json").read_text())
+    info["data_args"]["split_seed"] += 1
+    (other / "run_info.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match="different splits"):
+        seed_ensemble.main(["--models", str(tiny_run), str(other)])
