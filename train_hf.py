@@ -166,9 +166,17 @@ class DataArguments:
     calibration_holdout: float = field(
         default=0.0,
         metadata={
-            "help": "Fraction of the training split (stratified, drawn with --seed) held out of training, on which "
+            "help": "Fraction of the training split (stratified, drawn with --calibration_holdout_seed) held out of training, on which "
             "the calibration (temperatures, rule weight) is fitted instead of the validation split: the validation "
             "split chose the checkpoint, which flatters the model there (0: calibrate on the validation split)."
+        },
+    )
+    calibration_holdout_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "The seed that draws the --calibration_holdout posts (default: --seed). Runs of one split trained "
+            "with other seeds but this one hold out the same posts, which none of them trained on or chose a "
+            "checkpoint with: the posts that compare them with their average (bench/seed_ensemble.py)."
         },
     )
     strict: bool = field(
@@ -546,7 +554,9 @@ def main(argv=None):
         **dataclasses.asdict(model_args),
         "config_overrides": parse_config_overrides(model_args.config_overrides),
     }
-    recorded_data_args = {**dataclasses.asdict(data_args), "calibration_holdout_seed": training_args.seed}
+    if data_args.calibration_holdout_seed is None:
+        data_args.calibration_holdout_seed = training_args.seed
+    recorded_data_args = {**dataclasses.asdict(data_args)}
     fingerprint = run_fingerprint(recorded_model_args, recorded_data_args, source, dataset)
     checkpoint = resumable_checkpoint(training_args, fingerprint)
 
@@ -563,7 +573,7 @@ def main(argv=None):
         )  # fmt: skip
     splits = PreparedSplits(dataset, caches, processor, model.config, data_args.max_text_length)
     train_rows, calibration_rows = calibration_holdout_rows(
-        dataset["train"]["label"], data_args.calibration_holdout, training_args.seed
+        dataset["train"]["label"], data_args.calibration_holdout, data_args.calibration_holdout_seed
     )
 
     if training_args.do_train and training_args.hp_search_trials > 0:

@@ -6,10 +6,15 @@ different seeds, scored alone and as the mean of their log-probabilities on that
 
 Every model must be a `train_hf.py` output folder of the same split (its `run_info.json`: dataset, split seed and
 split file); each one's calibrated probabilities come from its own forward (its temperature applied), on every post of
-the two splits. For each model and for the average the figures are validation macro-F1 and test accuracy, macro-F1,
-weighted-F1, ECE, NLL and mean top-class probability, in percent. A seed's calibration holdout is drawn with its
-seed, so the models were also trained on different 90% of the training split. This measures whether an ensemble
-over separately trained towers is worth packaging; it is not a row of the five-split tables.
+the two splits. For each model and for the average the figures are validation macro-F1 and accuracy, test accuracy,
+macro-F1, weighted-F1, ECE, NLL and mean top-class probability, in percent.
+
+Each model chose its checkpoint on the validation posts, which flatters it there and not the average. So when the
+models held out the same training posts for their calibration (`--calibration_holdout` with one
+`--calibration_holdout_seed`), the figures include `held_out_macro_f1` and `held_out_accuracy` on those posts, which
+no model trained on or chose anything with but its temperatures (which change no model's argmax): there a model and
+the average compare on equal terms. Without a shared holdout, each seed's holdout is drawn with its seed and the
+models were also trained on different 90% of the training split.
 """
 
 import argparse
@@ -24,15 +29,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SPLITS = ("validation", "test")
+HELD_OUT = "held_out"
+"""The training posts that every model held out for its calibration, when they all held out the same ones."""
+
+
+def run_info(model_dir: Path) -> dict:
+    path = model_dir / "run_info.json"
+    if not path.is_file():
+        raise SystemExit(f"--models {model_dir}: no run_info.json (not a train_hf.py output folder)")
+    return json.loads(path.read_text())
 
 
 def run_split(model_dir: Path) -> tuple[str, int, str | None]:
     """The dataset, split seed and split file a run was trained on, from its `run_info.json`."""
-    path = model_dir / "run_info.json"
-    if not path.is_file():
-        raise SystemExit(f"--models {model_dir}: no run_info.json (not a train_hf.py output folder)")
-    info = json.loads(path.read_text())
+    info = run_info(model_dir)
     return info["dataset"], info["data_args"]["split_seed"], info["data_args"].get("split_file")
+
+
+def shared_held_out_rows(model_dirs: list[Path], train_labels) -> list[int] | None:
+    """The rows of the training split that every model held out of training (`--calibration_holdout`, drawn with
+    one `--calibration_holdout_seed`): posts none of them trained on or chose its checkpoint with, so that the
+    models and their average compare there on equal terms (on validation each model's checkpoint is its best of
+    several epochs, which flatters it and not the average). `None` when the models held out different posts, or
+    none, or trained with the conflicting posts (whose rows the draw skips)."""
+    from mmsa.training import calibration_holdout_rows
+
+    draws = set()
+    for model_dir in model_dirs:
+        data_args = run_info(model_dir)["data_args"]
+        draws.add(
+            (
+                data_args.get("calibration_holdout") or 0.0,
+                data_args.get("calibration_holdout_seed"),
+                bool(data_args.get("conflicts_in_train")),
+            )
+        )
+    if len(draws) > 1:
+        return None
+    ((fraction, seed, conflicts),) = draws
+    if not fraction or seed is None or conflicts:
+        return None
+    return calibration_holdout_rows(train_labels, fraction, seed)[1]
 
 
 def log_probabilities(model_dir: Path, data, batch_size: int) -> np.ndarray:
@@ -59,7 +96,7 @@ def scores(log_probs: dict[str, np.ndarray], references: dict[str, np.ndarray], 
 
     metric = load_sentiment_metrics()
     figures = {}
-    for split in SPLITS:
+    for split in log_probs:
         probabilities = np.exp(log_probs[split])
         computed = metric.compute(
             predictions=probabilities.argmax(-1).tolist(),
@@ -67,10 +104,11 @@ def scores(log_probs: dict[str, np.ndarray], references: dict[str, np.ndarray], 
             labels=names,
             probabilities=probabilities,
         )
-        calibration = calibration_metrics(probabilities, references[split])
-        if split == "validation":
-            figures["validation_macro_f1"] = 100 * computed["macro_f1"]
+        if split != "test":
+            figures[f"{split}_macro_f1"] = 100 * computed["macro_f1"]
+            figures[f"{split}_accuracy"] = 100 * computed["accuracy"]
             continue
+        calibration = calibration_metrics(probabilities, references[split])
         figures.update({f"test_{key}": 100 * computed[key] for key in ("accuracy", "macro_f1", "weighted_f1")})
         figures.update({f"test_{key}": 100 * calibration[key] for key in ("ece", "mean_confidence")})
         figures["test_nll"] = calibration["nll"]
@@ -98,16 +136,21 @@ def main(argv=None):
     dataset, split_seed, split_file = recorded[args.models[0]]
     splits = load_mvsa(args.dataset or dataset, seed=split_seed, split_file=split_file)
     names = splits["test"].features["label"].names
-    references = {split: np.asarray(splits[split]["label"]) for split in SPLITS}
+    data = {split: splits[split] for split in SPLITS}
+    held_out = shared_held_out_rows(args.models, splits["train"]["label"])
+    if held_out is not None:
+        data[HELD_OUT] = splits["train"].select(held_out)
+    references = {split: np.asarray(posts["label"]) for split, posts in data.items()}
 
     members, per_model = [], {}
     for model_dir in args.models:
-        log_probs = {split: log_probabilities(model_dir, splits[split], args.batch_size) for split in SPLITS}
+        log_probs = {split: log_probabilities(model_dir, posts, args.batch_size) for split, posts in data.items()}
         members.append(log_probs)
         per_model[str(model_dir)] = scores(log_probs, references, names)
-    averaged = {split: average_log_probabilities([member[split] for member in members]) for split in SPLITS}
+    averaged = {split: average_log_probabilities([member[split] for member in members]) for split in data}
     result = {
         "split_seed": split_seed,
+        "held_out_posts": None if held_out is None else len(held_out),
         "models": per_model,
         "members_mean": {
             key: float(np.mean([m[key] for m in per_model.values()])) for key in next(iter(per_model.values()))
