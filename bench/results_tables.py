@@ -199,10 +199,16 @@ def calibrated_on_validation(run: dict) -> bool:
     return bool(calibration) and "held out" not in calibration.get("calibrated_on", "")
 
 
+SEED_MEMBER = re.compile(r"^(?P<config>.+)_seed(?P<seed>\d+)$")
+"""A cross-split row of one configuration trained with another seed (`cross_split.py --name CONFIG_seedS --seed S`):
+a member of that configuration's seed ensemble (`bench/results/seed_ensemble/`), not a row of its own."""
+SEED_ENSEMBLE = RESULTS / "seed_ensemble"
+
+
 def cross_split_summary() -> dict:
     """Per cross-split row (`bench/results/cross_split/<name>/`): the figures of its runs, one per split seed."""
     summary = {}
-    for folder in sorted(p for p in CROSS_SPLIT.glob("*") if p.is_dir()):
+    for folder in sorted(p for p in CROSS_SPLIT.glob("*") if p.is_dir() and not SEED_MEMBER.match(p.name)):
         runs = sorted((json.loads(p.read_text()) for p in folder.glob("split*.json")), key=lambda r: r["split_seed"])
         if not runs:
             continue
@@ -384,6 +390,51 @@ def table_row(label: str, runs: int, entry: dict, calibration: bool = True) -> s
     )
 
 
+SEED_ENSEMBLE_COLUMNS = (
+    ("held-out macro-F1", "held_out_macro_f1"),
+    ("validation macro-F1", "validation_macro_f1"),
+    ("test accuracy", "test_accuracy"),
+    ("test macro-F1", "test_macro_f1"),
+    ("test weighted-F1", "test_weighted_f1"),
+    ("test ECE", "test_ece"),
+)
+
+
+def seed_ensemble_summary(config: str) -> dict:
+    """`bench/results/seed_ensemble/<config>/split*.json` (`bench/seed_ensemble.py` on one split's runs): per row (each
+    seed's model, their mean, their average), the split seeds and each figure's values over those splits."""
+    files = sorted((SEED_ENSEMBLE / config).glob("split*.json"))
+    results = sorted((json.loads(path.read_text()) for path in files), key=lambda r: r["split_seed"])
+    rows: dict[str, dict] = {}
+
+    def add(row: str, split_seed: int, figures: dict) -> None:
+        entry = rows.setdefault(row, {"split_seeds": []})
+        entry["split_seeds"].append(split_seed)
+        for _, key in SEED_ENSEMBLE_COLUMNS:
+            if key in figures:
+                entry.setdefault(key, []).append(figures[key])
+
+    for result in results:
+        members = sorted(result["models"].values(), key=lambda figures: figures["seed"])
+        for figures in members:
+            add(f"seed {figures['seed']}", result["split_seed"], figures)
+        add("mean of the single models", result["split_seed"], result["members_mean"])
+        add(f"the average of the {len(members)} models, one model", result["split_seed"], result["ensemble"])
+    return rows
+
+
+def seed_ensemble_markdown(config: str = "best_offline") -> str:
+    rows = seed_ensemble_summary(config)
+    if not rows:
+        return "No seed-ensemble runs yet.\n"
+    headings = ["model", "splits", *(heading for heading, _ in SEED_ENSEMBLE_COLUMNS)]
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    for name, entry in rows.items():
+        cells = [cell(entry[key]) if key in entry else "" for _, key in SEED_ENSEMBLE_COLUMNS]
+        lines.append(f"| {name} | {len(entry['split_seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def paper_summary() -> dict:
     rows = {}
     for result in paper_runs():
@@ -553,6 +604,7 @@ def tables(readme_text: str = "") -> dict[str, str]:
         "targets": targets_markdown(),
         "cross_split": cross_split_markdown(),
         "cross_split_validation_calibrated": cross_split_validation_calibrated_markdown(),
+        "seed_ensemble": seed_ensemble_markdown(),
         "paper": paper_table_markdown(),
         "inference": inference_markdown(),
         "inference_stages": stages_markdown(),

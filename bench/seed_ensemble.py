@@ -146,14 +146,19 @@ def main(argv=None):
     for model_dir in args.models:
         log_probs = {split: log_probabilities(model_dir, posts, args.batch_size) for split, posts in data.items()}
         members.append(log_probs)
-        per_model[str(model_dir)] = scores(log_probs, references, names)
+        per_model[str(model_dir)] = {
+            "seed": run_info(model_dir).get("training_args", {}).get("seed"),
+            **scores(log_probs, references, names),
+        }
     averaged = {split: average_log_probabilities([member[split] for member in members]) for split in data}
     result = {
         "split_seed": split_seed,
         "held_out_posts": None if held_out is None else len(held_out),
         "models": per_model,
         "members_mean": {
-            key: float(np.mean([m[key] for m in per_model.values()])) for key in next(iter(per_model.values()))
+            key: float(np.mean([m[key] for m in per_model.values()]))
+            for key in next(iter(per_model.values()))
+            if key != "seed"
         },
         "ensemble": scores(averaged, references, names),
     }

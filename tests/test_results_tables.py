@@ -238,3 +238,30 @@ def test_the_targets_table_says_by_how_much_the_recommended_model_misses_each_ta
     assert cells["stretch: test weighted-F1 ≥ 76"][1] == "1.50 |"
     assert cells["one run ≤ 45 minutes (feature cache filled)"][1] == "5.0 minutes |"
     assert results_tables.targets_markdown({"lower_on_validation": {**lower, "split_seeds": [1]}}).startswith("No ")
+
+
+def test_the_seed_ensemble_table_averages_each_row_over_the_splits(tmp_path, monkeypatch):
+    import json
+
+    def figures(seed, base):
+        return {"seed": seed, "held_out_macro_f1": base, "validation_macro_f1": base + 1, "test_accuracy": base + 10}
+
+    folder = tmp_path / "best_offline"
+    folder.mkdir()
+    for split_seed, base in ((1, 60.0), (2, 62.0)):
+        result = {
+            "split_seed": split_seed,
+            "models": {"runs/b": figures(43, base + 2), "runs/a": figures(42, base)},
+            "members_mean": {"held_out_macro_f1": base + 1, "test_accuracy": base + 11},
+            "ensemble": {"held_out_macro_f1": base + 3, "test_accuracy": base + 13},
+        }
+        (folder / f"split{split_seed}.json").write_text(json.dumps(result))
+    monkeypatch.setattr(results_tables, "SEED_ENSEMBLE", tmp_path)
+    lines = results_tables.seed_ensemble_markdown().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
+    assert list(rows) == ["seed 42", "seed 43", "mean of the single models", "the average of the 2 models, one model"]
+    assert rows["seed 42"][:4] == ["2", "61.00 ± 1.41", "62.00 ± 1.41", "71.00 ± 1.41"]
+    assert rows["the average of the 2 models, one model"][:4] == ["2", "64.00 ± 1.41", "", "74.00 ± 1.41"]
+    # a member's own five-split runs are not a row of the five-split tables, nor a candidate for the recommended model
+    assert results_tables.SEED_MEMBER.match("best_offline_seed43")
+    assert not any(results_tables.SEED_MEMBER.match(name) for name in results_tables.cross_split_summary())

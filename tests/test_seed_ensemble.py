@@ -55,3 +55,59 @@ def test_runs_of_different_splits_are_refused(tiny_run, tmp_path):
     (other / "run_info.json").write_text(json.dumps(info))
     with pytest.raises(SystemExit, match="different splits"):
         seed_ensemble.main(["--models", str(tiny_run), str(other)])
+
+
+def test_runs_holding_out_the_same_posts_are_compared_there(tmp_path):
+    """`--calibration_holdout_seed`: two runs of one split trained with different seeds hold out the same training
+    posts, and the models and their average are scored on those posts (which none of them trained on)."""
+    from sklearn.metrics import accuracy_score, f1_score
+    from training.run_helpers import tiny_args
+
+    import train_hf
+    from mmsa.cli import load_explainer, split_logits
+    from mmsa.data import build_mvsa
+    from mmsa.testing_utils import fake_mvsa_posts, write_fake_mvsa, write_tiny_towers
+    from mmsa.training import calibration_holdout_rows
+
+    text, vision = write_tiny_towers(tmp_path / "towers")
+    assets = {
+        "text": str(text),
+        "vision": str(vision),
+        "raw": str(write_fake_mvsa(tmp_path / "raw", fake_mvsa_posts(80))),
+    }
+    frozen = ("--num_train_epochs", "1", "--freeze_text_backbone", "true", "--freeze_vision_backbone", "true")
+    holdout = ("--calibration_holdout", "0.25")
+    runs = {}
+    for name, seed, holdout_seed in (("a", 1, 7), ("b", 2, 7), ("c", 3, None)):
+        chosen = ("--calibration_holdout_seed", str(holdout_seed)) if holdout_seed is not None else ()
+        runs[name] = tmp_path / name
+        train_hf.main(tiny_args(assets, runs[name], *frozen, *holdout, "--seed", str(seed), *chosen))
+    recorded = {name: json.loads((run / "run_info.json").read_text()) for name, run in runs.items()}
+    assert [recorded[name]["data_args"]["calibration_holdout_seed"] for name in "abc"] == [7, 7, 3]  # default: --seed
+
+    output = tmp_path / "shared.json"
+    seed_ensemble.main(["--models", str(runs["a"]), str(runs["b"]), "--output", str(output)])
+    result = json.loads(output.read_text())
+    train = build_mvsa(assets["raw"])["train"]
+    held = calibration_holdout_rows(train["label"], 0.25, 7)[1]
+    assert (
+        result["held_out_posts"]
+        == len(held)
+        == json.loads((runs["a"] / "calibration_results.json").read_text())["posts"]
+    )
+    posts = train.select(held)
+    for name in "ab":
+        figures = result["models"][str(runs[name])]
+        assert figures["seed"] == {"a": 1, "b": 2}[name]
+        model, processor = load_explainer(str(runs[name]))
+        predicted = split_logits(model, processor, posts, 16)["logits"].argmax(-1)
+        assert figures["held_out_accuracy"] == pytest.approx(100 * accuracy_score(posts["label"], predicted))
+        assert figures["held_out_macro_f1"] == pytest.approx(
+            100 * f1_score(posts["label"], predicted, average="macro")
+        )
+    assert {"held_out_accuracy", "held_out_macro_f1"} <= set(result["ensemble"])
+
+    other = tmp_path / "other.json"
+    seed_ensemble.main(["--models", str(runs["a"]), str(runs["c"]), "--output", str(other)])
+    result = json.loads(other.read_text())
+    assert result["held_out_posts"] is None and "held_out_accuracy" not in result["ensemble"]
