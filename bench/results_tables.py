@@ -401,14 +401,19 @@ SEED_ENSEMBLE_COLUMNS = (
 
 
 def seed_ensemble_summary(config: str) -> dict:
-    """`bench/results/seed_ensemble/<config>/split*.json` (`bench/seed_ensemble.py` on one split's runs): per row (each
-    seed's model, their mean, their average), the split seeds and each figure's values over those splits."""
+    """`bench/results/seed_ensemble/<config>/split*.json` (`bench/seed_ensemble.py` on one split's runs, several files
+    a split for averages of different numbers of models): per row (each seed's model, the mean of N single models,
+    the average of N models), the split seeds and each figure's values over those splits."""
     files = sorted((SEED_ENSEMBLE / config).glob("split*.json"))
-    results = sorted((json.loads(path.read_text()) for path in files), key=lambda r: r["split_seed"])
+    results = sorted(
+        (json.loads(path.read_text()) for path in files), key=lambda r: (r["split_seed"], len(r["models"]))
+    )
     rows: dict[str, dict] = {}
 
     def add(row: str, split_seed: int, figures: dict) -> None:
         entry = rows.setdefault(row, {"split_seeds": []})
+        if split_seed in entry["split_seeds"]:  # one seed's model, scored again in another file of the split
+            return
         entry["split_seeds"].append(split_seed)
         for _, key in SEED_ENSEMBLE_COLUMNS:
             if key in figures:
@@ -418,9 +423,14 @@ def seed_ensemble_summary(config: str) -> dict:
         members = sorted(result["models"].values(), key=lambda figures: figures["seed"])
         for figures in members:
             add(f"seed {figures['seed']}", result["split_seed"], figures)
-        add("mean of the single models", result["split_seed"], result["members_mean"])
-        add(f"the average of the {len(members)} models, one model", result["split_seed"], result["ensemble"])
-    return rows
+        add(f"mean of {len(members)} single models", result["split_seed"], result["members_mean"])
+        add(f"the average of {len(members)} models", result["split_seed"], result["ensemble"])
+
+    def place(row: str) -> tuple[int, int, bool]:  # the seeds, then for each N the mean of N models and their average
+        number = int(re.search(r"\d+", row).group())
+        return (0, number, False) if row.startswith("seed ") else (1, number, row.startswith("the average"))
+
+    return {row: rows[row] for row in sorted(rows, key=place)}
 
 
 def seed_ensemble_markdown(config: str = "best_offline") -> str:

@@ -259,9 +259,23 @@ def test_the_seed_ensemble_table_averages_each_row_over_the_splits(tmp_path, mon
     monkeypatch.setattr(results_tables, "SEED_ENSEMBLE", tmp_path)
     lines = results_tables.seed_ensemble_markdown().splitlines()
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
-    assert list(rows) == ["seed 42", "seed 43", "mean of the single models", "the average of the 2 models, one model"]
+    assert list(rows) == ["seed 42", "seed 43", "mean of 2 single models", "the average of 2 models"]
     assert rows["seed 42"][:4] == ["2", "61.00 ± 1.41", "62.00 ± 1.41", "71.00 ± 1.41"]
-    assert rows["the average of the 2 models, one model"][:4] == ["2", "64.00 ± 1.41", "", "74.00 ± 1.41"]
+    assert rows["the average of 2 models"][:4] == ["2", "64.00 ± 1.41", "", "74.00 ± 1.41"]
+    # a third seed on split 1 only: its average is a row of its own, and the two seeds' rows are not counted twice
+    three = {**result, "split_seed": 1, "models": {**result["models"], "runs/c": figures(44, 70.0)}}
+    (folder / "split1_3models.json").write_text(json.dumps(three))
+    lines = results_tables.seed_ensemble_markdown().splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in lines[2:]}
+    assert rows == {
+        "seed 42": "2",
+        "seed 43": "2",
+        "seed 44": "1",
+        "mean of 2 single models": "2",
+        "the average of 2 models": "2",
+        "mean of 3 single models": "1",
+        "the average of 3 models": "1",
+    }
     # a member's own five-split runs are not a row of the five-split tables, nor a candidate for the recommended model
     assert results_tables.SEED_MEMBER.match("best_offline_seed43")
     assert not any(results_tables.SEED_MEMBER.match(name) for name in results_tables.cross_split_summary())
