@@ -72,15 +72,36 @@ def shared_held_out_rows(model_dirs: list[Path], train_labels) -> list[int] | No
     return calibration_holdout_rows(train_labels, fraction, seed)[1]
 
 
+CACHE = "seed_ensemble_log_probs.npz"
+"""Kept in each model folder: its log-probabilities on the posts scored, keyed by the model's files and the posts, so
+that scoring the same run again in another average reads them instead of running the towers."""
+
+
+def cache_key(model_dir: Path, ids) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([str(i) for i in ids]).encode())
+    for name in sorted(p.name for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors")):
+        if name != CACHE:
+            digest.update(name.encode() + (model_dir / name).read_bytes())
+    return digest.hexdigest()[:24]
+
+
 def log_probabilities(model_dir: Path, data, batch_size: int) -> np.ndarray:
     """The model's calibrated log-probabilities on every post of `data` (its own temperature applied)."""
     import torch
 
     from mmsa.cli import load_explainer, split_logits
 
+    key, path = cache_key(model_dir, data["id"]), model_dir / CACHE
+    cached = dict(np.load(path, allow_pickle=False)) if path.is_file() else {}
+    if key in cached:
+        return cached[key]
     model, processor = load_explainer(str(model_dir))
     logits = torch.as_tensor(split_logits(model, processor, data, batch_size)["logits"])
-    return torch.log_softmax(logits, dim=-1).numpy()
+    cached[key] = torch.log_softmax(logits, dim=-1).numpy()
+    np.savez(path, **cached)
+    return cached[key]
 
 
 def average_log_probabilities(members: list[np.ndarray]) -> np.ndarray:

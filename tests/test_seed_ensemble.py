@@ -111,3 +111,25 @@ def test_runs_holding_out_the_same_posts_are_compared_there(tmp_path):
     seed_ensemble.main(["--models", str(runs["a"]), str(runs["c"]), "--output", str(other)])
     result = json.loads(other.read_text())
     assert result["held_out_posts"] is None and "held_out_accuracy" not in result["ensemble"]
+
+
+def test_a_models_log_probabilities_are_read_back_until_its_files_change(tiny_run, tmp_path, monkeypatch):
+    import mmsa.cli
+    from mmsa.data import load_mvsa
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    info = json.loads((run / "run_info.json").read_text())
+    posts = load_mvsa(info["dataset"], seed=info["data_args"]["split_seed"])["test"]
+    computed = seed_ensemble.log_probabilities(run, posts, 8)
+    assert (run / seed_ensemble.CACHE).is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr(mmsa.cli, "load_explainer", refuse)
+    np.testing.assert_array_equal(seed_ensemble.log_probabilities(run, posts, 8), computed)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "temperature": 2 * config["temperature"]}))
+    with pytest.raises(AssertionError, match="ran again"):  # another temperature: other log-probabilities
+        seed_ensemble.log_probabilities(run, posts, 8)
