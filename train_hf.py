@@ -166,8 +166,8 @@ class DataArguments:
     calibration_holdout: float = field(
         default=0.0,
         metadata={
-            "help": "Fraction of the training split (stratified, drawn with --calibration_holdout_seed) held out of training, on which "
-            "the calibration (temperatures, rule weight) is fitted instead of the validation split: the validation "
+            "help": "Fraction of the training split (stratified, drawn with --calibration_holdout_seed) held out of "
+            "training, on which the calibration (temperatures, rule weight) is fitted instead of the validation split: the validation "
             "split chose the checkpoint, which flatters the model there (0: calibrate on the validation split)."
         },
     )
@@ -556,7 +556,7 @@ def main(argv=None):
     }
     if data_args.calibration_holdout_seed is None:
         data_args.calibration_holdout_seed = training_args.seed
-    recorded_data_args = {**dataclasses.asdict(data_args)}
+    recorded_data_args = dataclasses.asdict(data_args)
     fingerprint = run_fingerprint(recorded_model_args, recorded_data_args, source, dataset)
     checkpoint = resumable_checkpoint(training_args, fingerprint)
 

@@ -40,30 +40,27 @@ def run_info(model_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_split(model_dir: Path) -> tuple[str, int, str | None]:
+def run_split(info: dict) -> tuple[str, int, str | None]:
     """The dataset, split seed and split file a run was trained on, from its `run_info.json`."""
-    info = run_info(model_dir)
     return info["dataset"], info["data_args"]["split_seed"], info["data_args"].get("split_file")
 
 
-def shared_held_out_rows(model_dirs: list[Path], train_labels) -> list[int] | None:
-    """The rows of the training split that every model held out of training (`--calibration_holdout`, drawn with
-    one `--calibration_holdout_seed`): posts none of them trained on or chose its checkpoint with, so that the
-    models and their average compare there on equal terms (on validation each model's checkpoint is its best of
-    several epochs, which flatters it and not the average). `None` when the models held out different posts, or
-    none, or trained with the conflicting posts (whose rows the draw skips)."""
+def shared_held_out_rows(infos, train_labels) -> list[int] | None:
+    """The rows of the training split that every model (its `run_info.json`) held out of training
+    (`--calibration_holdout`, drawn with one `--calibration_holdout_seed`): posts none of them trained on or chose its
+    checkpoint with, so that the models and their average compare there on equal terms (on validation each model's
+    checkpoint is its best of several epochs, which flatters it and not the average). `None` when the models held
+    out different posts, or none, or trained with the conflicting posts (whose rows the draw skips)."""
     from mmsa.training import calibration_holdout_rows
 
-    draws = set()
-    for model_dir in model_dirs:
-        data_args = run_info(model_dir)["data_args"]
-        draws.add(
-            (
-                data_args.get("calibration_holdout") or 0.0,
-                data_args.get("calibration_holdout_seed"),
-                bool(data_args.get("conflicts_in_train")),
-            )
+    draws = {
+        (
+            info["data_args"].get("calibration_holdout") or 0.0,
+            info["data_args"].get("calibration_holdout_seed"),
+            bool(info["data_args"].get("conflicts_in_train")),
         )
+        for info in infos
+    }
     if len(draws) > 1:
         return None
     ((fraction, seed, conflicts),) = draws
@@ -77,31 +74,41 @@ CACHE = "seed_ensemble_log_probs.npz"
 that scoring the same run again in another average reads them instead of running the towers."""
 
 
-def cache_key(model_dir: Path, ids) -> str:
+def model_files_digest(model_dir: Path):
+    """A hash of the model folder's JSON and safetensors files (its weights, config and temperatures)."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps([str(i) for i in ids]).encode())
+    digest = hashlib.sha256()
     for name in sorted(p.name for p in model_dir.iterdir() if p.suffix in (".json", ".safetensors")):
-        if name != CACHE:
-            digest.update(name.encode() + (model_dir / name).read_bytes())
-    return digest.hexdigest()[:24]
+        digest.update(name.encode() + (model_dir / name).read_bytes())
+    return digest
 
 
-def log_probabilities(model_dir: Path, data, batch_size: int) -> np.ndarray:
-    """The model's calibrated log-probabilities on every post of `data` (its own temperature applied)."""
+def log_probabilities(model_dir: Path, data: dict, batch_size: int) -> dict[str, np.ndarray]:
+    """The model's calibrated log-probabilities (its own temperature applied) on every post of each split of `data`
+    (name -> posts), read from the folder's `CACHE` where they were computed before by the same model files."""
     import torch
 
     from mmsa.cli import load_explainer, split_logits
+    from mmsa.file_utils import atomic_file
 
-    key, path = cache_key(model_dir, data["id"]), model_dir / CACHE
+    files = model_files_digest(model_dir)
+    keys = {}
+    for split, posts in data.items():
+        digest = files.copy()
+        digest.update(json.dumps([str(i) for i in posts["id"]]).encode())
+        keys[split] = digest.hexdigest()[:24]
+    path = model_dir / CACHE
     cached = dict(np.load(path, allow_pickle=False)) if path.is_file() else {}
-    if key in cached:
-        return cached[key]
-    model, processor = load_explainer(str(model_dir))
-    logits = torch.as_tensor(split_logits(model, processor, data, batch_size)["logits"])
-    cached[key] = torch.log_softmax(logits, dim=-1).numpy()
-    np.savez(path, **cached)
-    return cached[key]
+    missing = [split for split in data if keys[split] not in cached]
+    if missing:
+        model, processor = load_explainer(str(model_dir))
+        for split in missing:
+            logits = torch.as_tensor(split_logits(model, processor, data[split], batch_size)["logits"])
+            cached[keys[split]] = torch.log_softmax(logits, dim=-1).numpy()
+        with atomic_file(path, "wb") as handle:
+            np.savez(handle, **cached)
+    return {split: cached[keys[split]] for split in data}
 
 
 def average_log_probabilities(members: list[np.ndarray]) -> np.ndarray:
@@ -147,8 +154,10 @@ def main(argv=None):
         parser.error("--models needs at least two runs to average")
 
     from mmsa.data import load_mvsa
+    from mmsa.file_utils import write_text_atomic
 
-    recorded = {model_dir: run_split(model_dir) for model_dir in args.models}
+    infos = {model_dir: run_info(model_dir) for model_dir in args.models}
+    recorded = {model_dir: run_split(info) for model_dir, info in infos.items()}
     if len({split[1:] for split in recorded.values()}) > 1:
         listed = ", ".join(
             f"{path} (split seed {split[1]}, split file {split[2]})" for path, split in recorded.items()
@@ -158,17 +167,17 @@ def main(argv=None):
     splits = load_mvsa(args.dataset or dataset, seed=split_seed, split_file=split_file)
     names = splits["test"].features["label"].names
     data = {split: splits[split] for split in SPLITS}
-    held_out = shared_held_out_rows(args.models, splits["train"]["label"])
+    held_out = shared_held_out_rows(infos.values(), splits["train"]["label"])
     if held_out is not None:
         data[HELD_OUT] = splits["train"].select(held_out)
     references = {split: np.asarray(posts["label"]) for split, posts in data.items()}
 
     members, per_model = [], {}
     for model_dir in args.models:
-        log_probs = {split: log_probabilities(model_dir, posts, args.batch_size) for split, posts in data.items()}
+        log_probs = log_probabilities(model_dir, data, args.batch_size)
         members.append(log_probs)
         per_model[str(model_dir)] = {
-            "seed": run_info(model_dir).get("training_args", {}).get("seed"),
+            "seed": infos[model_dir].get("training_args", {}).get("seed"),
             **scores(log_probs, references, names),
         }
     averaged = {split: average_log_probabilities([member[split] for member in members]) for split in data}
@@ -185,8 +194,7 @@ def main(argv=None):
     }
     text = json.dumps(result, indent=2) + "\n"
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+        write_text_atomic(args.output, text)
     print(text, end="")
 
 

@@ -121,15 +121,15 @@ def test_a_models_log_probabilities_are_read_back_until_its_files_change(tiny_ru
     shutil.copytree(tiny_run, run)
     info = json.loads((run / "run_info.json").read_text())
     posts = load_mvsa(info["dataset"], seed=info["data_args"]["split_seed"])["test"]
-    computed = seed_ensemble.log_probabilities(run, posts, 8)
+    computed = seed_ensemble.log_probabilities(run, {"test": posts}, 8)["test"]
     assert (run / seed_ensemble.CACHE).is_file()
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model ran again")
 
     monkeypatch.setattr(mmsa.cli, "load_explainer", refuse)
-    np.testing.assert_array_equal(seed_ensemble.log_probabilities(run, posts, 8), computed)
+    np.testing.assert_array_equal(seed_ensemble.log_probabilities(run, {"test": posts}, 8)["test"], computed)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "temperature": 2 * config["temperature"]}))
     with pytest.raises(AssertionError, match="ran again"):  # another temperature: other log-probabilities
-        seed_ensemble.log_probabilities(run, posts, 8)
+        seed_ensemble.log_probabilities(run, {"test": posts}, 8)
